@@ -1,0 +1,31 @@
+"""The `budgetwarden` command line: one Typer app, each command group in its own module."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ops.commands import COMMAND_MODULES
+
+app = typer.Typer(
+    name="budgetwarden",
+    help="Real-time token budgets for fleets of LLM agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for _module in COMMAND_MODULES:
+    _module.register(app)
+
+
+def main() -> None:
+    """Console entry point; usage errors are one line and a non-zero exit."""
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
