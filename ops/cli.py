@@ -6,6 +6,7 @@ import sys
 import typer
 
 from ops.commands import COMMAND_MODULES
+from ops.logsetup import configure as configure_logging
 
 app = typer.Typer(
     name="budgetwarden",
@@ -21,6 +22,7 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Console entry point; usage errors are one line and a non-zero exit."""
+    configure_logging()
     try:
         app(standalone_mode=True)
     except KeyboardInterrupt:

@@ -1,0 +1,30 @@
+# Quick start: `make demo` and `make test`. Each sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-unit venv kafka-fetch clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+kafka-fetch: $(STAMP)
+	$(VENV)/bin/budgetwarden kafka fetch
+
+demo: $(STAMP) kafka-fetch
+	$(VENV)/bin/budgetwarden demo $(DEMO_ARGS)
+
+test: $(STAMP) kafka-fetch
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

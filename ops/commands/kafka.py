@@ -1,0 +1,94 @@
+"""`budgetwarden kafka ...`, `topics ...` and `schema ...`: the local broker and the contract."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ops.commands.common import console, default_bootstrap, err_console, fail
+from ops.kafka.broker import BrokerError, KafkaBroker, fetch
+from ops.kafka.topics import create_topics
+
+DirOption = Annotated[Path, typer.Option("--dir", help="Broker config, data and logs")]
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[dim]… {message}[/dim]", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    kafka = typer.Typer(help="Run a local single-node Kafka broker (KRaft), fetched from Maven Central.", no_args_is_help=True)
+    topics = typer.Typer(help="Kafka topics of the contract.", no_args_is_help=True)
+    schema = typer.Typer(help="The wire contract.", no_args_is_help=True)
+    app.add_typer(kafka, name="kafka")
+    app.add_typer(topics, name="topics")
+    app.add_typer(schema, name="schema")
+
+    @kafka.command("fetch")
+    def kafka_fetch() -> None:
+        """Download the broker's jars into the cache (done by `start` when needed)."""
+        try:
+            console.print(str(fetch(_progress)))
+        except BrokerError as err:
+            fail(str(err), 1)
+
+    @kafka.command("start")
+    def kafka_start(
+        port: Annotated[int, typer.Option(help="Client port; 0 picks a free one")] = 9092,
+        directory: DirOption = Path("var/kafka"),
+    ) -> None:
+        """Start the broker in the background and print its bootstrap address."""
+        try:
+            bootstrap = KafkaBroker(directory, port=port or None).start(progress=_progress)
+        except BrokerError as err:
+            fail(str(err), 1)
+        console.print(bootstrap, highlight=False)
+
+    @kafka.command("stop")
+    def kafka_stop(directory: DirOption = Path("var/kafka")) -> None:
+        """Stop the broker started from this directory."""
+        stopped = KafkaBroker(directory).stop()
+        console.print("stopped" if stopped else "not running")
+
+    @kafka.command("status")
+    def kafka_status(directory: DirOption = Path("var/kafka")) -> None:
+        broker = KafkaBroker(directory)
+        if broker.is_running():
+            console.print(f"running on {broker.bootstrap}", highlight=False)
+        else:
+            console.print("not running")
+            raise typer.Exit(1)
+
+    @topics.command("create")
+    def topics_create(
+        bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")] = "",
+        partitions: Annotated[int, typer.Option(min=1)] = 4,
+    ) -> None:
+        """Create the five topics of the contract (budget.policies compacted); existing ones are kept."""
+        from ops.kafka.settings import client_options_from_env
+
+        try:
+            result = asyncio.run(create_topics(bootstrap or default_bootstrap(), partitions, **client_options_from_env()))
+        except Exception as err:  # noqa: BLE001 - report any client error in one line
+            fail(f"could not create topics on {bootstrap or default_bootstrap()}: {err}", 1)
+        for name, outcome in result.items():
+            console.print(f"{name}: {outcome}", highlight=False)
+
+    @schema.command("export")
+    def schema_export(directory: Annotated[Path, typer.Argument(help="Where to write *.schema.json")]) -> None:
+        """Write JSON Schema files of contract v1 for agents in other languages."""
+        from schemas.jsonschema import export
+
+        for path in export(directory):
+            console.print(str(path), highlight=False)
+
+    @schema.command("show")
+    def schema_show(name: Annotated[str, typer.Argument(help="usage_event, decision, control_command, ...")]) -> None:
+        from schemas.jsonschema import SCHEMA_FILES, schema_for
+
+        if name not in SCHEMA_FILES:
+            fail(f"name: unknown schema {name!r}; one of {', '.join(SCHEMA_FILES)}")
+        console.print_json(json.dumps(schema_for(SCHEMA_FILES[name], name)))

@@ -1,0 +1,199 @@
+"""Wire contract v1: the messages on budgetwarden's Kafka topics, as msgspec structs.
+
+Agents in any language produce this JSON, so the structs carry the validation (bounds,
+lengths, enums) and `schemas.codec` turns msgspec's errors into one typed error that names
+the field. Unknown fields are ignored; `type` is the tag that tells messages apart.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION = 1
+
+# Bounds: anything beyond these is bad input rather than a very large bill.
+MAX_TOKENS = 100_000_000  # one call; the largest context windows are ~10M tokens
+MAX_ID_LEN = 128
+MAX_NAME_LEN = 256
+MAX_TEXT_LEN = 1024
+MAX_TAGS = 32
+MAX_BATCH_EVENTS = 5_000
+MIN_TS_MS = 946_684_800_000  # 2000-01-01; older is a unit mistake (seconds, not ms)
+
+Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
+EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN)]
+OptName = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT_LEN)]
+TimestampMs = Annotated[int, Meta(ge=MIN_TS_MS, le=4_102_444_800_000)]  # < 2100-01-01
+Version = Annotated[int, Meta(ge=1, le=1)]
+Tags = Annotated[
+    dict[Annotated[str, Meta(max_length=MAX_NAME_LEN)], Annotated[str, Meta(max_length=MAX_NAME_LEN)]],
+    Meta(max_length=MAX_TAGS),
+]
+
+Provider = Literal["openai", "anthropic", "google", "bedrock", "azure", "other"]
+Criticality = Literal["critical", "normal"]
+CallStatus = Literal["ok", "error", "retry"]
+Severity = Literal["P1", "P2", "P3"]
+Action = Literal[
+    "allow",
+    "notify",
+    "investigate",
+    "throttle",
+    "downgrade_model",
+    "pause_agent",
+    "pause_noncritical",
+    "kill_task",
+]
+Scope = Literal["agent", "task", "user", "team", "model", "global"]
+Unit = Literal["tokens", "usd"]
+Command = Literal["kill_task", "pause_agent", "resume_agent", "throttle", "downgrade_model"]
+
+ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
+COMMANDS: tuple[str, ...] = Command.__args__  # type: ignore[attr-defined]
+
+
+class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defaults=True):
+    """One model call. `input_tokens` is UNCACHED input; cache buckets are separate."""
+
+    event_id: EventId
+    ts_ms: TimestampMs
+    agent_id: Name
+    model: Name
+    v: Version = SCHEMA_VERSION
+    provider: Provider = "other"
+    task_id: OptName = ""
+    session_id: OptName = ""
+    user_id: OptName = ""
+    team: OptName = ""
+    step: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+    input_tokens: Tokens = 0
+    output_tokens: Tokens = 0
+    cache_read_tokens: Tokens = 0
+    cache_write_tokens: Tokens = 0
+    cache_write_1h_tokens: Tokens = 0
+    estimated_tokens: Tokens | None = None
+    criticality: Criticality = "normal"
+    status: CallStatus = "ok"
+    prompt_hash: OptName = ""
+    tool: OptName = ""
+    tags: Tags = {}
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens
+            + self.cache_write_1h_tokens
+        )
+
+
+class UsageBatch(Struct, tag="usage_batch", tag_field="type", kw_only=True):
+    """Many usage events in one Kafka message (gateways, busy agents)."""
+
+    events: Annotated[list[UsageEvent], Meta(max_length=MAX_BATCH_EVENTS)]
+    v: Version = SCHEMA_VERSION
+
+
+class Decision(Struct, tag="decision", tag_field="type", kw_only=True, omit_defaults=True):
+    """A rule changed state. `decision_id` is deterministic so a replay emits the same id."""
+
+    decision_id: EventId
+    ts_ms: TimestampMs
+    rule: Name
+    severity: Severity
+    action: Action
+    scope: Scope
+    subject: Name
+    observed: int
+    limit: int
+    unit: Unit
+    window: Name
+    message: Text
+    trigger_event_id: OptName = ""
+    policy_version: int = 0
+    agent_id: OptName = ""
+    task_id: OptName = ""
+    v: Version = SCHEMA_VERSION
+
+
+class ControlCommand(Struct, tag="control", tag_field="type", kw_only=True, omit_defaults=True):
+    """An order to one agent. `sig` is HMAC-SHA256 over the canonical body (see schemas.signing)."""
+
+    command: Command
+    agent_id: Name
+    reason: Text
+    decision_id: EventId
+    ts_ms: TimestampMs
+    task_id: OptName = ""
+    model: OptName = ""
+    expires_ms: int | None = None
+    delay_ms: Annotated[int, Meta(ge=0, le=3_600_000)] | None = None
+    sig: OptName = ""
+    v: Version = SCHEMA_VERSION
+
+
+class Limits(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A budget. USD limits travel as integer nano-dollars so they stay exact."""
+
+    daily_tokens: Annotated[int, Meta(ge=0)] | None = None
+    daily_nano_usd: Annotated[int, Meta(ge=0)] | None = None
+    hourly_tokens: Annotated[int, Meta(ge=0)] | None = None
+    task_tokens: Annotated[int, Meta(ge=0)] | None = None
+    step_tokens: Annotated[int, Meta(ge=0)] | None = None
+    criticality: Criticality | None = None
+
+
+PolicyScope = Literal["global", "default_agent", "agent", "user", "team", "rule"]
+
+
+class Policy(Struct, tag="policy", tag_field="type", kw_only=True, omit_defaults=True):
+    """A budget or rule setting as an event on the compacted `budget.policies` topic.
+
+    The Kafka key is `policy_id` (`{scope}:{subject}`); `deleted` removes the override.
+    For scope `rule`, `subject` is the rule name and `params` its settings.
+    """
+
+    policy_id: Name
+    ts_ms: TimestampMs
+    scope: PolicyScope
+    subject: OptName = ""
+    limits: Limits | None = None
+    params: dict[str, float] = {}
+    deleted: bool = False
+    author: OptName = ""
+    v: Version = SCHEMA_VERSION
+
+
+class DeadLetter(Struct, tag="deadletter", tag_field="type", kw_only=True, omit_defaults=True):
+    """A message that failed to decode or validate, with the reason and where it came from."""
+
+    ts_ms: int
+    reason: Text
+    topic: str
+    partition: int
+    offset: int
+    raw: str  # base64 of the original bytes
+    field: str = ""
+    key: str = ""
+    v: Version = SCHEMA_VERSION
+
+
+UsageMessage = UsageEvent | UsageBatch
+AnyMessage = UsageEvent | UsageBatch | Decision | ControlCommand | Policy | DeadLetter
+
+TOPIC_MESSAGES: dict[str, type] = {
+    "usage.events": UsageMessage,  # type: ignore[dict-item]
+    "budget.decisions": Decision,
+    "agent.control": ControlCommand,
+    "budget.policies": Policy,
+    "usage.deadletter": DeadLetter,
+}
+
+
+def policy_key(scope: str, subject: str = "") -> str:
+    return f"{scope}:{subject}" if subject else scope
