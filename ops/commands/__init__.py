@@ -1,8 +1,11 @@
-"""CLI command groups. Each module exposes `register(app: typer.Typer) -> None`."""
+"""CLI command groups. Each module exposes `register(app: typer.Typer) -> None`.
+
+`bench` comes first: other modules attach their benchmark commands to its group.
+"""
 from __future__ import annotations
 
 from types import ModuleType
 
-from ops.commands import kafka
+from ops.commands import bench, kafka
 
-COMMAND_MODULES: list[ModuleType] = [kafka]
+COMMAND_MODULES: list[ModuleType] = [bench, kafka]
