@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ops.commands import bench, kafka
+from ops.commands import bench, kafka, price
 
-COMMAND_MODULES: list[ModuleType] = [bench, kafka]
+COMMAND_MODULES: list[ModuleType] = [bench, kafka, price]

@@ -1,0 +1,229 @@
+"""`budgetwarden price` and `budgetwarden prices ...`: price one call, list or import the catalog.
+
+Token counts and dates are parsed here rather than by click so that every bad argument is
+reported the same way: one `error: <field>: <reason>` line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.litellm_import import catalog_dict, import_litellm, write_catalog
+from schemas.money import format_usd
+from schemas.normalize import CanonicalUsage, NormalizeError, normalize
+from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms, ms_to_date
+
+__all__ = ["register"]
+
+_BUCKETS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")
+_RATE_OF = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_read_tokens": "cache_read",
+    "cache_write_tokens": "cache_write",
+    "cache_write_1h_tokens": "cache_write_1h",
+}
+
+
+def _fail(field: str, reason: str) -> NoReturn:
+    """One line on stderr, exit 2: the contract for every usage error of these commands."""
+    sys.stderr.write(f"error: {field}: {reason}\n")
+    raise typer.Exit(2)
+
+
+def _tokens(field: str, raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.lstrip("-").isdigit():
+        _fail(field, f"must be a whole number of tokens, got {raw!r}")
+    value = int(text)
+    if value < 0:
+        _fail(field, f"must be >= 0, got {value}")
+    return value
+
+
+def _date_ms(field: str, raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return date_to_ms(raw)
+    except ValueError:
+        _fail(field, f"must be a date YYYY-MM-DD, got {raw!r}")
+
+
+def _usd_per_m(nanos_per_m: int) -> str:
+    """Exact USD-per-1M string, 9 decimals (machine output)."""
+    return format_usd(nanos_per_m)
+
+
+def _compact(nanos_per_m: int) -> str:
+    """Exact USD-per-1M string without trailing zeros (tables): 2_500_000_000 -> "2.5"."""
+    text = format_usd(nanos_per_m).rstrip("0")
+    return text[:-1] if text.endswith(".") else text
+
+
+def _entry_json(e: PriceEntry) -> dict[str, Any]:
+    return {
+        "model": e.model,
+        "provider": e.provider,
+        "version": e.version,
+        "valid_from": ms_to_date(e.valid_from_ms),
+        "aliases": list(e.aliases),
+        "input": _usd_per_m(e.input),
+        "output": _usd_per_m(e.output),
+        "cache_read": _usd_per_m(e.cache_read),
+        "cache_write": _usd_per_m(e.cache_write),
+        "cache_write_1h": _usd_per_m(e.cache_write_1h),
+        "note": e.note,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add `price` and the `prices` group to the CLI."""
+    prices = typer.Typer(help="The versioned price catalog.", no_args_is_help=True)
+    app.add_typer(prices, name="prices")
+
+    @app.command("price")
+    def price_cmd(
+        model: Annotated[str | None, typer.Option("--model", help="Model name as the provider reports it.")] = None,
+        provider: Annotated[str | None, typer.Option("--provider", help="openai, anthropic, google, bedrock, azure, other.")] = None,
+        input_tokens: Annotated[str | None, typer.Option("--input", help="Uncached input tokens.")] = None,
+        output_tokens: Annotated[str | None, typer.Option("--output", help="Output tokens (reasoning included).")] = None,
+        cache_read: Annotated[str | None, typer.Option("--cache-read", help="Cache-read input tokens.")] = None,
+        cache_write: Annotated[str | None, typer.Option("--cache-write", help="5-minute cache-write tokens.")] = None,
+        cache_write_1h: Annotated[str | None, typer.Option("--cache-write-1h", help="1-hour cache-write tokens.")] = None,
+        usage_json: Annotated[str | None, typer.Option("--usage-json", help="The provider's usage object, normalized first (needs --provider).")] = None,
+        at: Annotated[str | None, typer.Option("--at", help="Price as of this UTC date (YYYY-MM-DD); default now.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    ) -> None:
+        """Price one model call from token counts or from a provider usage object."""
+        if not model or not model.strip():
+            _fail("model", "required (--model)")
+        counts = {
+            "input_tokens": _tokens("input", input_tokens),
+            "output_tokens": _tokens("output", output_tokens),
+            "cache_read_tokens": _tokens("cache-read", cache_read),
+            "cache_write_tokens": _tokens("cache-write", cache_write),
+            "cache_write_1h_tokens": _tokens("cache-write-1h", cache_write_1h),
+        }
+        ts_ms = _date_ms("at", at)
+        if ts_ms is None:
+            ts_ms = time.time_ns() // 1_000_000
+        if usage_json is not None:
+            if not provider:
+                _fail("provider", "required with --usage-json")
+            given = [k for k, v in counts.items() if v is not None]
+            if given:
+                _fail("usage-json", f"cannot be combined with token options ({', '.join(given)})")
+            try:
+                raw = msgspec.json.decode(usage_json.encode())
+            except msgspec.DecodeError as exc:
+                _fail("usage-json", f"invalid JSON: {exc}")
+            try:
+                usage = normalize(provider, raw)
+            except NormalizeError as exc:
+                _fail(f"usage-json.{exc.field}" if exc.field != "provider" else "provider", exc.reason)
+        else:
+            usage = CanonicalUsage(**{k: (v or 0) for k, v in counts.items()})
+
+        catalog = PriceCatalog.default()
+        priced = catalog.price(
+            model,
+            provider,
+            ts_ms,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.cache_write_1h_tokens,
+        )
+        entry = catalog.lookup(model, provider, ts_ms) if priced.priced else None
+        result: dict[str, Any] = {
+            "model": priced.model,
+            "requested_model": model,
+            "provider": provider or (entry.provider if entry else ""),
+            "at": ms_to_date(ts_ms),
+            "priced": priced.priced,
+            "nano_usd": priced.nano_usd,
+            "usd": format_usd(priced.nano_usd),
+            "price_version": priced.price_version,
+            "catalog_version": catalog.catalog_version,
+        }
+        result.update({k: getattr(usage, k) for k in _BUCKETS})
+        if as_json:
+            sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+            return
+
+        console = Console()
+        title = f"{priced.model} @ {result['at']}" + (f"  ({priced.price_version})" if priced.priced else "  (UNPRICED)")
+        table = Table(title=title)
+        table.add_column("bucket")
+        table.add_column("tokens", justify="right")
+        table.add_column("USD / 1M", justify="right")
+        for bucket in _BUCKETS:
+            rate = _compact(getattr(entry, _RATE_OF[bucket])) if entry else "-"
+            table.add_row(bucket, str(getattr(usage, bucket)), rate)
+        table.add_section()
+        table.add_row("total", "", f"${result['usd']}")
+        console.print(table)
+        if not priced.priced:
+            console.print(f"[yellow]{model!r} has no price at {result['at']} in catalog {catalog.catalog_version}; counted as 0 USD.[/yellow]")
+
+    @prices.command("list")
+    def prices_list(
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    ) -> None:
+        """List every entry of the shipped catalog (USD per 1M tokens)."""
+        catalog = PriceCatalog.default()
+        rows = catalog.list_models()
+        if as_json:
+            body = {"catalog_version": catalog.catalog_version, "models": [_entry_json(e) for e in rows]}
+            sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+            return
+        table = Table(title=f"price catalog {catalog.catalog_version} (USD per 1M tokens)")
+        for col in ("provider", "model", "valid_from", "input", "output", "cache read", "write 5m", "write 1h"):
+            table.add_column(col, justify="right" if col not in ("provider", "model") else "left", no_wrap=col == "model")
+        for e in rows:
+            table.add_row(
+                e.provider,
+                e.model,
+                ms_to_date(e.valid_from_ms),
+                *(_compact(v) for v in (e.input, e.output, e.cache_read, e.cache_write, e.cache_write_1h)),
+            )
+        Console().print(table)
+
+    @prices.command("import-litellm")
+    def prices_import_litellm(
+        file: Annotated[Path, typer.Argument(help="LiteLLM model_prices_and_context_window.json")],
+        out: Annotated[Path | None, typer.Option("--out", help="Write a prices.json-shaped catalog here (default: stdout).")] = None,
+        valid_from: Annotated[str | None, typer.Option("--valid-from", help="valid_from for every entry (YYYY-MM-DD); default today, UTC.")] = None,
+    ) -> None:
+        """Convert LiteLLM's price file (USD per token floats) into our exact catalog format."""
+        day = valid_from if valid_from is not None else ms_to_date(time.time_ns() // 1_000_000)
+        _date_ms("valid-from", day)
+        try:
+            data = msgspec.json.decode(file.read_bytes())
+        except OSError as exc:
+            _fail("file", f"cannot read {str(file)!r}: {exc.strerror or exc}")
+        except msgspec.DecodeError as exc:
+            _fail("file", f"invalid JSON: {exc}")
+        if not isinstance(data, dict):
+            _fail("file", "must be a JSON object keyed by model id")
+        try:
+            entries = import_litellm(data, day)
+        except ValueError as exc:
+            _fail("file", str(exc))
+        if out is None:
+            body = msgspec.json.format(msgspec.json.encode(catalog_dict(entries, day)), indent=2)
+            sys.stdout.write(body.decode() + "\n")
+        else:
+            write_catalog(entries, out, day)
+            sys.stderr.write(f"wrote {len(entries)} entries to {out}\n")
