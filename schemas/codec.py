@@ -73,6 +73,8 @@ class _Decoder:
             return self._decoder.decode(raw)
         except msgspec.DecodeError as err:
             raise _bad_input(err) from None
+        except UnicodeDecodeError as err:  # msgspec lets invalid UTF-8 inside strings through as this
+            raise BadInput("$", f"invalid UTF-8 at byte {err.start}") from None
 
 
 class UsageDecoder(_Decoder):

@@ -196,3 +196,10 @@ def test_property_arbitrary_bytes_decode_or_raise_bad_input(data: bytes) -> None
         assert err.reason
     else:
         assert all(isinstance(e, UsageEvent) for e in result)
+
+
+def test_invalid_utf8_inside_a_string_is_bad_input_not_a_crash(decoder: UsageDecoder) -> None:
+    # Found by tests/faults/test_fuzz_decoder.py: msgspec raised UnicodeDecodeError here.
+    with pytest.raises(BadInput, match="invalid UTF-8") as info:
+        decoder.decode(b'{"type":"usage","event_id":"\x80"}')
+    assert info.value.field == "$"
