@@ -74,14 +74,21 @@ def fetch(progress: Progress | None = None, version: str = KAFKA_VERSION) -> Pat
         for line in proc.stdout:
             line = line.rstrip()
             tail = (tail + [line])[-30:]
-            if progress and ("Download" in line or "Copying" in line):
-                progress(line.split("/")[-1] if "Download" in line else line)
+            if progress and ("Downloaded" in line or "Copying" in line):
+                progress(_jar_name(line))
         if proc.wait() != 0:
             raise BrokerError("fetching Kafka with Maven failed:\n" + "\n".join(tail))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     marker.write_text(version)
     return target
+
+
+def _jar_name(maven_line: str) -> str:
+    """`[INFO] Copying x.jar to /path/x.jar` or `Downloaded from central: https://.../x.jar (1 MB ...)` -> a short note."""
+    words = maven_line.replace("[INFO]", "").split()
+    name = next((w.rsplit("/", 1)[-1] for w in words if w.endswith((".jar", ".pom"))), maven_line)
+    return f"{'copying' if 'Copying' in maven_line else 'downloaded'} {name}"
 
 
 def free_port() -> int:
