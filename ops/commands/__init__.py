@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ops.commands import bench, kafka, price
+from ops.commands import bench, kafka, price, stack
 
-COMMAND_MODULES: list[ModuleType] = [bench, kafka, price]
+COMMAND_MODULES: list[ModuleType] = [bench, kafka, price, stack]

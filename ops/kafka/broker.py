@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 
 import structlog
+
+from ops.procs import kill_group, pid_alive, stop_group
 
 KAFKA_VERSION = "4.1.1"
 MAIN_CLASS = "kafka.Kafka"
@@ -159,7 +160,7 @@ class KafkaBroker:
 
     def is_running(self) -> bool:
         state = self.state()
-        return state is not None and _pid_alive(state.pid)
+        return state is not None and pid_alive(state.pid)
 
     @property
     def bootstrap(self) -> str:
@@ -221,26 +222,16 @@ class KafkaBroker:
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after `timeout_s`); False when none ran."""
         state = self.state()
-        if state is None or not _pid_alive(state.pid):
+        if state is None or not stop_group(state.pid, timeout_s):
             return False
-        _signal_group(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(state.pid):
-            time.sleep(0.1)
-        if _pid_alive(state.pid):
-            _signal_group(state.pid, signal.SIGKILL)
-            while _pid_alive(state.pid):
-                time.sleep(0.05)
         log.info("kafka.stopped", pid=state.pid)
         return True
 
     def kill(self) -> None:
         """SIGKILL, for fault tests: no clean shutdown."""
         state = self.state()
-        if state is not None and _pid_alive(state.pid):
-            _signal_group(state.pid, signal.SIGKILL)
-            while _pid_alive(state.pid):
-                time.sleep(0.05)
+        if state is not None and pid_alive(state.pid):
+            kill_group(state.pid)
 
     def _write_config(self, port: int, controller_port: int) -> Path:
         host = self.host
@@ -296,33 +287,3 @@ class KafkaBroker:
 
 def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of this process still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return _not_zombie(pid)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
