@@ -1,0 +1,397 @@
+"""`BudgetClient`: publish usage without slowing the agent, obey control commands.
+
+Recording (`record*`) builds the event, fills `event_id` / `ts_ms` / task / step and puts it
+on the publisher's bounded queue; encoding and sending happen in the background
+(`publisher.py`). Control commands arrive through `ControlSubscriber` and are applied by
+`handle_command`, which tests and the end-to-end harness may also call directly.
+
+Kill: a `kill_task` for a running `task()` block cancels the asyncio task running the
+block; the `CancelledError` raised at its next await is turned into `TaskKilled` when the
+block exits. A `kill_task` without `task_id` kills every running task of the agent, and a
+killed task id is remembered so entering it again raises `TaskKilled` at once. Code that
+does not await can poll `check()`.
+
+Pause / throttle / downgrade: see `state.py`. `task()` entry waits while paused
+(`pause_mode="wait"`, until `resume_agent` or the pause's `expires_ms`) or raises
+`AgentPaused` (`pause_mode="raise"`), then applies the throttle delay; `before_call()`
+applies the throttle delay before any single model call. `record*` never waits.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import itertools
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+from ops.kafka.settings import client_options_from_env
+from schemas.contract import ControlCommand, UsageEvent
+from schemas.normalize import CanonicalUsage, normalize
+from schemas.pricing import PriceCatalog
+from streams.client.control import DEFAULT_GRACE_MS, ControlGate, ControlSubscriber
+from streams.client.errors import AgentPaused, TaskKilled
+from streams.client.optimizer import TokenEstimator
+from streams.client.publisher import KafkaSender, Publisher, Sender
+from streams.client.spill import DEFAULT_MAX_BYTES, SpillQueue
+from streams.client.state import AgentState
+from streams.clock import Clock, system_ms
+
+log = structlog.get_logger(__name__)
+
+CONTROL_KEY_ENV = "BUDGETWARDEN_CONTROL_KEY"
+SPILL_DIR_ENV = "BUDGETWARDEN_SPILL_DIR"
+_KILLED_MEMORY = 1_000
+
+Callback = Callable[[ControlCommand], Awaitable[None] | None]
+_current_scope: contextvars.ContextVar[TaskScope | None] = contextvars.ContextVar("budgetwarden_task", default=None)
+
+
+def default_spill_dir(agent_id: str) -> Path:
+    """`$BUDGETWARDEN_SPILL_DIR/<agent>` or `./var/spill/<agent>`; use one directory per process."""
+    base = Path(os.environ.get(SPILL_DIR_ENV, "var/spill"))
+    return base / "".join(c if c.isalnum() or c in "-_." else "_" for c in agent_id)
+
+
+class TaskScope:
+    """One unit of work (`async with bw.task(...)`): attributes events, numbers steps, can be killed."""
+
+    def __init__(self, client: BudgetClient, task_id: str, estimated_tokens: int | None) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.estimated_tokens = estimated_tokens
+        self.killed: ControlCommand | None = None
+        self._steps = itertools.count()
+        self._asyncio_task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._token: contextvars.Token[TaskScope | None] | None = None
+
+    def next_step(self) -> int:
+        return next(self._steps)
+
+    def check(self) -> None:
+        if self.killed is not None:
+            raise TaskKilled(self.task_id, self.killed.reason, self.killed.decision_id)
+
+    def kill(self, cmd: ControlCommand) -> None:
+        """Mark killed and cancel the asyncio task running the block (if it is one)."""
+        if self.killed is not None:
+            return
+        self.killed = cmd
+        task = self._asyncio_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            self._cancel_requested = True
+            task.cancel(f"budgetwarden kill_task {cmd.decision_id}")
+
+    async def __aenter__(self) -> TaskScope:
+        await self.client._admit(self.task_id)
+        self._asyncio_task = asyncio.current_task()
+        self._token = _current_scope.set(self)
+        self.client._scopes.add(self)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        self.client._scopes.discard(self)
+        if self._token is not None:
+            _current_scope.reset(self._token)
+        if self.killed is None:
+            return False
+        if self._cancel_requested:
+            task = self._asyncio_task
+            assert task is not None
+            if not isinstance(exc, asyncio.CancelledError):
+                try:  # our cancel has not been delivered yet (no await since): absorb it here
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    pass
+            if task.uncancel() > 0 and isinstance(exc, asyncio.CancelledError):
+                return False  # someone else cancelled this task too: let that through
+        raise TaskKilled(self.task_id, self.killed.reason, self.killed.decision_id) from None
+
+
+class BudgetClient:
+    """Async client; use as `async with BudgetClient(...) as bw:`. See the module docstring."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        agent_id: str,
+        *,
+        user_id: str = "",
+        team: str = "",
+        session_id: str = "",
+        criticality: Literal["critical", "normal"] = "normal",
+        spill_dir: str | Path | None = None,
+        spill_max_bytes: int = DEFAULT_MAX_BYTES,
+        queue_size: int = 10_000,
+        pause_mode: Literal["wait", "raise"] = "wait",
+        control_key: str | bytes | None = None,
+        partitions: int | None = None,
+        follow_control: bool = True,
+        control_grace_ms: int = DEFAULT_GRACE_MS,
+        flush_timeout_s: float = 5.0,
+        on_kill: Callback | None = None,
+        on_pause: Callback | None = None,
+        on_resume: Callback | None = None,
+        on_downgrade: Callback | None = None,
+        on_throttle: Callback | None = None,
+        on_command: Callback | None = None,
+        sender: Sender | None = None,
+        catalog: PriceCatalog | None = None,
+        now_ms: Clock = system_ms,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        if pause_mode not in ("wait", "raise"):
+            raise ValueError(f"pause_mode must be 'wait' or 'raise', got {pause_mode!r}")
+        self.bootstrap = bootstrap
+        self.agent_id = agent_id
+        self.user_id = user_id
+        self.team = team
+        self.session_id = session_id
+        self.criticality = criticality
+        self.pause_mode = pause_mode
+        self.flush_timeout_s = flush_timeout_s
+        self.estimator = TokenEstimator()
+        self._now_ms = now_ms
+        options = client_options if client_options is not None else client_options_from_env()
+        key = control_key if control_key is not None else os.environ.get(CONTROL_KEY_ENV) or None
+        self._control_key = key.encode() if isinstance(key, str) else key
+        self._callbacks = {"kill_task": on_kill, "pause_agent": on_pause, "resume_agent": on_resume,
+                           "downgrade_model": on_downgrade, "throttle": on_throttle}
+        self._on_command = on_command
+        self.state = AgentState(now_ms, catalog)
+        self.spill = SpillQueue(spill_dir or default_spill_dir(agent_id), max_bytes=spill_max_bytes)
+        self.publisher = Publisher(sender or KafkaSender(bootstrap, **options), self.spill, queue_size=queue_size)
+        self._subscriber: ControlSubscriber | None = None
+        if follow_control:
+            gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms)
+            self._subscriber = ControlSubscriber(bootstrap, gate, self.handle_command, partitions, **options)
+        self._scopes: set[TaskScope] = set()
+        self._killed_ids: OrderedDict[str, ControlCommand] = OrderedDict()
+        self._resumed = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._id_prefix = f"{now_ms():x}{os.urandom(6).hex()}-"
+        self._seq = itertools.count()
+
+    # lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> BudgetClient:
+        await self.publisher.start()
+        if self._subscriber is not None:
+            await self._subscriber.start()
+        log.info("client.started", agent_id=self.agent_id, signed_control=self._control_key is not None,
+                 control_partition=self._subscriber.partition if self._subscriber else None)
+        return self
+
+    async def close(self) -> None:
+        if self._subscriber is not None:
+            await self._subscriber.stop()
+        await self.publisher.close(self.flush_timeout_s)
+
+    async def __aenter__(self) -> BudgetClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything recorded so far was acknowledged by the broker."""
+        return await self.publisher.flush(timeout_s)
+
+    @property
+    def control_partition(self) -> int | None:
+        return self._subscriber.partition if self._subscriber else None
+
+    # tasks ----------------------------------------------------------------------------------
+    def task(self, task_id: str, estimated_tokens: int | None = None) -> TaskScope:
+        return TaskScope(self, task_id, estimated_tokens)
+
+    def current_task(self) -> TaskScope | None:
+        scope = _current_scope.get()
+        return scope if scope is not None and scope.client is self else None
+
+    def check(self) -> None:
+        """Raise TaskKilled if the current task was killed (for code that polls)."""
+        scope = self.current_task()
+        if scope is not None:
+            scope.check()
+
+    async def _admit(self, task_id: str) -> None:
+        """Gate a new task: killed id -> TaskKilled; paused -> wait or AgentPaused; then throttle."""
+        killed = self._killed_ids.get(task_id)
+        if killed is not None:
+            raise TaskKilled(task_id, killed.reason, killed.decision_id)
+        while (pause := self.state.paused()) is not None:
+            if self.pause_mode == "raise":
+                raise AgentPaused(self.agent_id, pause.reason, pause.expires_ms)
+            self._resumed.clear()
+            timeout = None if pause.expires_ms is None else max(0.0, (pause.expires_ms - self._now_ms()) / 1000)
+            try:
+                await asyncio.wait_for(self._resumed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        await self.before_call()
+
+    async def before_call(self) -> None:
+        """Sleep for the throttle delay in force (0 when not throttled); call before each model call."""
+        delay = self.state.throttle_ms()
+        if delay:
+            await asyncio.sleep(delay / 1000)
+
+    def model_for(self, model: str) -> str:
+        """The model to call instead of `model` while a downgrade is in force (else `model`)."""
+        return self.state.model_for(model)
+
+    # control --------------------------------------------------------------------------------
+    def handle_command(self, cmd: ControlCommand) -> None:
+        """Apply an admitted command (already gated) and run the agent's callbacks."""
+        if cmd.command == "kill_task":
+            targets = [s for s in self._scopes if not cmd.task_id or s.task_id == cmd.task_id]
+            if cmd.task_id:
+                self._killed_ids[cmd.task_id] = cmd
+                if len(self._killed_ids) > _KILLED_MEMORY:
+                    self._killed_ids.popitem(last=False)
+            for scope in targets:
+                scope.kill(cmd)
+        else:
+            self.state.apply(cmd)
+            if cmd.command == "resume_agent" or self.state.paused() is None:
+                self._resumed.set()
+        for callback in (self._callbacks.get(cmd.command), self._on_command):
+            if callback is not None:
+                self._run_callback(callback, cmd)
+
+    def _run_callback(self, callback: Callback, cmd: ControlCommand) -> None:
+        try:
+            result = callback(cmd)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._background.add(task)
+                task.add_done_callback(self._callback_done)
+        except Exception:  # noqa: BLE001 - the agent's cleanup must not break control handling
+            log.exception("client.callback.failed", command=cmd.command)
+
+    def _callback_done(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("client.callback.failed", error=repr(task.exception()))
+
+    # recording ------------------------------------------------------------------------------
+    def new_event_id(self) -> str:
+        """Unique per client instance: start time + random prefix, then a counter (cheaper than uuid4)."""
+        return f"{self._id_prefix}{next(self._seq):x}"
+
+    def submit(self, event: UsageEvent) -> None:
+        """Queue an event as-is (never blocks); `record()` fills ids and attribution first."""
+        self.publisher.submit(event)
+
+    def usage_event(
+        self,
+        usage: CanonicalUsage,
+        model: str,
+        provider: str,
+        scope: TaskScope | None,
+        *,
+        prompt_hash: str = "",
+        tool: str = "",
+        status: Literal["ok", "error", "retry"] = "ok",
+        step: int | None = None,
+        estimated_tokens: int | None = None,
+        tags: dict[str, str] | None = None,
+        event_id: str | None = None,
+        ts_ms: int | None = None,
+        prompt_chars: int | None = None,
+    ) -> UsageEvent:
+        """Build one event with this client's attribution; `scope` supplies task_id, step and estimate."""
+        if prompt_chars:
+            self.estimator.observe(prompt_chars, usage.input_tokens + usage.cache_read_tokens
+                                   + usage.cache_write_tokens + usage.cache_write_1h_tokens)
+        if scope is not None:
+            task_id = scope.task_id
+            if step is None:
+                step = scope.next_step()
+            if estimated_tokens is None:
+                estimated_tokens = scope.estimated_tokens
+        else:
+            task_id = ""
+        return UsageEvent(
+            event_id=event_id or self.new_event_id(),
+            ts_ms=ts_ms or time.time_ns() // 1_000_000,
+            agent_id=self.agent_id,
+            model=model,
+            provider=provider,  # type: ignore[arg-type]
+            task_id=task_id,
+            session_id=self.session_id,
+            user_id=self.user_id,
+            team=self.team,
+            step=step,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            estimated_tokens=estimated_tokens,
+            criticality=self.criticality,
+            status=status,
+            prompt_hash=prompt_hash,
+            tool=tool,
+            tags=tags or {},
+        )
+
+    def record_nowait(self, provider: str, usage: Any, model: str, scope: TaskScope | None = None,
+                      **fields: Any) -> UsageEvent:
+        """Normalize a provider usage object and queue the event (sync; the async `record_*` call this)."""
+        canonical = normalize(provider, usage)
+        wire_provider = "openai" if provider.startswith("openai") else "google" if provider == "gemini" else provider
+        event = self.usage_event(canonical, model, wire_provider, scope if scope is not None else self.current_task(),
+                                 **fields)
+        self.publisher.submit(event)
+        return event
+
+    def complete_event(self, event: UsageEvent, scope: TaskScope | None = None) -> UsageEvent:
+        """Fill a missing event_id / ts_ms and, inside a task, task_id / step / estimate."""
+        changes: dict[str, Any] = {}
+        if not event.event_id:
+            changes["event_id"] = self.new_event_id()
+        if not event.ts_ms:
+            changes["ts_ms"] = time.time_ns() // 1_000_000
+        if scope is not None and not event.task_id:
+            changes["task_id"] = scope.task_id
+            if event.step is None:
+                changes["step"] = scope.next_step()
+            if event.estimated_tokens is None and scope.estimated_tokens is not None:
+                changes["estimated_tokens"] = scope.estimated_tokens
+        return msgspec.structs.replace(event, **changes) if changes else event
+
+    async def record(self, event: UsageEvent) -> UsageEvent:
+        """Queue a ready event (e.g. `UsageEvent(event_id="", ts_ms=0, ...)`), completed by `complete_event`."""
+        event = self.complete_event(event, self.current_task())
+        self.publisher.submit(event)
+        return event
+
+    async def record_openai(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
+        """OpenAI Chat Completions or Responses `usage` (dict or SDK object); `provider="azure"` for Azure."""
+        provider = fields.pop("provider", "openai")
+        return self.record_nowait(provider, usage, model, **fields)
+
+    async def record_anthropic(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
+        """Anthropic Messages `usage`; `provider="bedrock"` for Bedrock (InvokeModel or Converse shapes)."""
+        provider = fields.pop("provider", "anthropic")
+        return self.record_nowait(provider, usage, model, **fields)
+
+    async def record_gemini(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
+        """Gemini `usageMetadata` (REST camelCase or google-genai snake_case)."""
+        return self.record_nowait("google", usage, model, **fields)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        p = self.publisher
+        return {"queued": p.queued, "sent": p.sent, "spilled_on_full": p.spilled_on_full,
+                "spilled_on_error": p.spilled_on_error, "spill_bytes": self.spill.pending(),
+                "spill_dropped": self.spill.dropped}

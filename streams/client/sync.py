@@ -1,0 +1,128 @@
+"""`SyncBudgetClient`: the same client for agents that are not asyncio, on a background loop thread.
+
+Recording is as cheap as in the async client (the event is queued from the caller's
+thread). A thread cannot be interrupted like an asyncio task, so a `kill_task` is raised as
+`TaskKilled` from the next `record_*()` (after queueing that event), `check()`, or when
+the `with sbw.task(...)` block exits. `task()` entry waits while paused (or raises
+`AgentPaused`) and sleeps the throttle delay, like the async client.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from schemas.contract import UsageEvent
+from streams.client.client import BudgetClient, TaskScope
+
+T = TypeVar("T")
+
+
+class SyncBudgetClient:
+    """`with SyncBudgetClient(bootstrap=..., agent_id=...) as bw:` — takes BudgetClient's arguments."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="budgetwarden-client", daemon=True)
+        self._local = threading.local()
+        self._client: BudgetClient | None = None
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def client(self) -> BudgetClient:
+        if self._client is None:
+            raise RuntimeError("SyncBudgetClient is not started; use `with SyncBudgetClient(...) as bw:`")
+        return self._client
+
+    def start(self) -> SyncBudgetClient:
+        self._thread.start()
+
+        async def make() -> BudgetClient:
+            return await BudgetClient(**self._kwargs).start()
+
+        self._client = self._call(make())
+        return self
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._call(self._client.close())
+            self._client = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncBudgetClient:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # tasks --------------------------------------------------------------------------------
+    @contextmanager
+    def task(self, task_id: str, estimated_tokens: int | None = None) -> Iterator[TaskScope]:
+        client = self.client
+        scope = TaskScope(client, task_id, estimated_tokens)
+
+        async def enter() -> None:
+            await client._admit(task_id)
+            client._scopes.add(scope)
+
+        async def leave() -> None:
+            client._scopes.discard(scope)
+
+        self._call(enter())
+        previous = getattr(self._local, "scope", None)
+        self._local.scope = scope
+        try:
+            yield scope
+        finally:
+            self._local.scope = previous
+            self._call(leave())
+        scope.check()
+
+    def _scope(self) -> TaskScope | None:
+        return getattr(self._local, "scope", None)
+
+    def check(self) -> None:
+        scope = self._scope()
+        if scope is not None:
+            scope.check()
+
+    def before_call(self) -> None:
+        delay = self.client.state.throttle_ms()
+        if delay:
+            time.sleep(delay / 1000)
+
+    def model_for(self, model: str) -> str:
+        return self.client.model_for(model)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        return self._call(self.client.flush(timeout_s))
+
+    # recording ----------------------------------------------------------------------------
+    def _record(self, provider: str, usage: Any, model: str, fields: dict[str, Any]) -> UsageEvent:
+        scope = self._scope()
+        event = self.client.record_nowait(provider, usage, model, scope, **fields)
+        if scope is not None:
+            scope.check()
+        return event
+
+    def record_openai(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
+        return self._record(fields.pop("provider", "openai"), usage, model, fields)
+
+    def record_anthropic(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
+        return self._record(fields.pop("provider", "anthropic"), usage, model, fields)
+
+    def record_gemini(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
+        return self._record("google", usage, model, fields)
+
+    def record(self, event: UsageEvent) -> UsageEvent:
+        event = self.client.complete_event(event, self._scope())
+        self.client.submit(event)
+        return event
