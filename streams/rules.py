@@ -1,0 +1,251 @@
+"""The rules of the design as pure functions of state: which decisions fire now.
+
+Each rule looks at one subject in one window and returns a `Decision` only the first time
+its condition holds there: the `decision_id` is a hash of (rule, subject, window start,
+level) and the caller's `fired` set (persisted with the state) remembers it, so a replay
+neither repeats a decision nor invents a new id. Task rules run per event (a loop must be
+stopped on the call that proves it); agent rules run once per agent per batch; budget rules
+of cross-partition subjects (user, team, global) run in the merger.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import MutableMapping
+
+from schemas.contract import Decision, Limits, UsageEvent
+from schemas.money import format_usd
+from streams.clock import Clock
+from streams.rules_config import RulesConfig
+from streams.state import HASHES_CAP, AgentState, TaskState
+from streams.windows import hour_start
+
+# rule → (severity, action); estimate_overrun has two levels.
+RULE_TABLE: dict[str, tuple[str, str]] = {
+    "daily_budget_exceeded": ("P1", "pause_noncritical"),
+    "agent_budget_exceeded": ("P1", "pause_agent"),
+    "agent_spike": ("P2", "investigate"),
+    "runaway_detected": ("P1", "kill_task"),
+    "loop_detected": ("P1", "kill_task"),
+    "estimate_overrun:warn": ("P2", "notify"),
+    "estimate_overrun:kill": ("P1", "kill_task"),
+    "budget_forecast": ("P3", "notify"),
+    "user_budget_exceeded": ("P2", "throttle"),
+    "step_overrun": ("P3", "notify"),
+}
+
+
+def decision_id(rule: str, subject: str, window_start: int, level: str = "") -> str:
+    raw = f"{rule}|{subject}|{window_start}|{level}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+class Emitter:
+    """Builds decisions for one subject and records them in the subject's `fired` map."""
+
+    def __init__(self, config: RulesConfig, now_ms: Clock) -> None:
+        self.config = config
+        self.now_ms = now_ms
+
+    @staticmethod
+    def id_of(rule: str, scope: str, subject: str, window_start: int, level: str = "", agent_id: str = "") -> str:
+        """Task ids are only unique per agent, so a task's decision hashes the agent in."""
+        who = f"{scope}:{agent_id}/{subject}" if scope == "task" else f"{scope}:{subject}"
+        return decision_id(rule, who, window_start, level)
+
+    def emit(
+        self,
+        fired: MutableMapping[str, int],
+        rule: str,
+        *,
+        scope: str,
+        subject: str,
+        window: str,
+        window_start: int,
+        observed: int,
+        limit: int,
+        unit: str,
+        message: str,
+        level: str = "",
+        agent_id: str = "",
+        task_id: str = "",
+        trigger_event_id: str = "",
+        action: str | None = None,
+    ) -> Decision | None:
+        did = self.id_of(rule, scope, subject, window_start, level, agent_id)
+        if did in fired:
+            return None
+        now = self.now_ms()
+        fired[did] = now
+        severity, default_action = RULE_TABLE[f"{rule}:{level}" if level in ("warn", "kill") else rule]
+        return Decision(
+            decision_id=did, ts_ms=now, rule=rule, severity=severity, action=action or default_action,  # type: ignore[arg-type]
+            scope=scope, subject=subject, observed=observed, limit=limit, unit=unit,  # type: ignore[arg-type]
+            window=window, message=message[:1024], trigger_event_id=trigger_event_id,
+            policy_version=self.config.version, agent_id=agent_id, task_id=task_id,
+        )
+
+
+def _over(total_tokens: int, total_nano: int, limits: Limits, factor: float = 1.0) -> tuple[int, int, str] | None:
+    """(observed, limit, unit) of the first daily limit exceeded, else None."""
+    if limits.daily_tokens is not None and total_tokens > limits.daily_tokens * factor:
+        return total_tokens, limits.daily_tokens, "tokens"
+    if limits.daily_nano_usd is not None and total_nano > limits.daily_nano_usd * factor:
+        return total_nano, limits.daily_nano_usd, "usd"
+    return None
+
+
+def _show(amount: int, unit: str) -> str:
+    return f"${format_usd(amount)}" if unit == "usd" else f"{amount} tokens"
+
+
+def forecast(total: int, day_start: int, day_end: int, at_ms: int, min_fraction: float) -> int | None:
+    """Linear end-of-day projection from the pace so far; None too early in the day."""
+    length = day_end - day_start
+    elapsed = at_ms - day_start
+    if length <= 0 or elapsed <= 0 or elapsed < length * min_fraction:
+        return None
+    return total * length // elapsed
+
+
+# --- task rules (per event) ---------------------------------------------------------------
+
+
+class _TaskFired(dict[str, int]):
+    """Adapter: a task's `fired` list seen as the mapping `Emitter.emit` records into."""
+
+    def __init__(self, task: TaskState) -> None:
+        super().__init__((k, 0) for k in task.fired)
+        self._task = task
+
+    def __setitem__(self, key: str, value: int) -> None:
+        super().__setitem__(key, value)
+        self._task.fired.append(key)
+
+
+def task_decisions(
+    em: Emitter, agent: AgentState, task_id: str, task: TaskState, event: UsageEvent, limits: Limits
+) -> list[Decision]:
+    """Rules of one task after `event` was counted in it: loop, runaway, estimate, step."""
+    rules = em.config.rules
+    fired = _TaskFired(task)
+    common = {"scope": "task", "subject": task_id, "window": "task", "window_start": task.first_ts,
+              "agent_id": agent.agent_id, "task_id": task_id, "trigger_event_id": event.event_id}
+    out: list[Decision | None] = []
+    name = agent.agent_id
+    if event.prompt_hash and rules.loop_detected.repeats:
+        step = event.step if event.step is not None else task.events
+        within = rules.loop_detected.within_steps
+        hashes = task.hashes
+        hashes.append((step, event.prompt_hash))
+        while hashes and (hashes[0][0] <= step - within or len(hashes) > HASHES_CAP):
+            hashes.pop(0)
+        repeats = sum(1 for s, h in hashes if h == event.prompt_hash and s > step - within)
+        if repeats >= rules.loop_detected.repeats:
+            out.append(em.emit(fired, "loop_detected", observed=repeats, limit=rules.loop_detected.repeats, unit="tokens",
+                               message=f"Agent {name} may be looping: {task.tokens} tokens/task "
+                                       f"(prompt repeated {repeats}x within {within} steps in task {task_id})", **common))
+    if limits.task_tokens is not None:
+        cap = limits.task_tokens * rules.runaway_detected.factor
+        if task.tokens > cap:
+            out.append(em.emit(fired, "runaway_detected", observed=task.tokens, limit=limits.task_tokens, unit="tokens",
+                               message=f"Agent {name} runaway: task {task_id} used {task.tokens} tokens, over "
+                                       f"{rules.runaway_detected.factor:g}x its {limits.task_tokens}-token task limit", **common))
+    if task.est_tokens > 0:
+        est = rules.estimate_overrun
+        ratio = task.est_observed / task.est_tokens
+        level = "kill" if ratio > est.kill else "warn" if ratio > est.warn else ""
+        if level:
+            warn_id = em.id_of("estimate_overrun", "task", task_id, task.first_ts, "warn", agent.agent_id)
+            if level == "kill" and warn_id not in fired:
+                fired[warn_id] = 0  # straight to kill: the warning is implied, never sent after it
+            out.append(em.emit(fired, "estimate_overrun", level=level, observed=task.est_observed, limit=task.est_tokens,
+                               unit="tokens", message=f"Agent {name} task {task_id} used {task.est_observed} tokens, "
+                                                      f"{ratio:.1f}x its estimate of {task.est_tokens}", **common))
+    if limits.step_tokens is not None and task.step_tokens > limits.step_tokens and rules.step_overrun.enabled:
+        out.append(em.emit(fired, "step_overrun", level=f"step{task.step}", observed=task.step_tokens,
+                           limit=limits.step_tokens, unit="tokens",
+                           message=f"Agent {name} task {task_id} step {task.step} used {task.step_tokens} tokens "
+                                   f"(step limit {limits.step_tokens})", **common))
+    return [d for d in out if d is not None]
+
+
+# --- agent rules (per batch) --------------------------------------------------------------
+
+
+def agent_decisions(em: Emitter, agent: AgentState, limits: Limits, at_ms: int, trigger_event_id: str) -> list[Decision]:
+    """Daily budget, hourly spike and forecast of one agent, as of event time `at_ms`."""
+    rules = em.config.rules
+    c = agent.counter
+    name = agent.agent_id
+    out: list[Decision | None] = []
+    common = {"scope": "agent", "subject": name, "agent_id": name, "trigger_event_id": trigger_event_id}
+    tokens, nano = c.day_total(at_ms), c.day_total(at_ms, "usd")
+    over = _over(tokens, nano, limits)
+    if over and rules.agent_budget_exceeded.enabled:
+        observed, limit, unit = over
+        critical = agent.criticality == "critical"
+        out.append(em.emit(agent.fired, "agent_budget_exceeded", window="day", window_start=c.day_start,
+                           observed=observed, limit=limit, unit=unit, action="notify" if critical else None,
+                           message=f"Agent {name} is over its daily budget: {_show(observed, unit)} of {_show(limit, unit)}"
+                                   + (" (critical: not paused)" if critical else ""), **common))
+    hour_tokens = c.last_hour(at_ms)
+    hourly = limits.hourly_tokens if limits.hourly_tokens is not None else c.hour_baseline(at_ms)
+    if hourly:
+        factor = rules.agent_spike.factor
+        if hour_tokens > hourly * factor:
+            basis = "hourly limit" if limits.hourly_tokens is not None else "hourly baseline"
+            out.append(em.emit(agent.fired, "agent_spike", window="hour", window_start=hour_start(at_ms),
+                               observed=hour_tokens, limit=hourly, unit="tokens",
+                               message=f"Agent {name} spiked: {hour_tokens} tokens in the last hour, over "
+                                       f"{factor:g}x its {basis} of {hourly}", **common))
+    if not over:
+        out.append(_forecast(em, agent.fired, tokens, nano, c.day_start, c.day_end, at_ms, limits, common))
+    return [d for d in out if d is not None]
+
+
+def _forecast(
+    em: Emitter, fired: MutableMapping[str, int], tokens: int, nano: int, day_start: int, day_end: int,
+    at_ms: int, limits: Limits, common: dict[str, str],
+) -> Decision | None:
+    params = em.config.rules.budget_forecast
+    for total, limit, unit in ((tokens, limits.daily_tokens, "tokens"), (nano, limits.daily_nano_usd, "usd")):
+        if not limit:
+            continue
+        projected = forecast(total, day_start, day_end, at_ms, params.min_elapsed_fraction)
+        if projected is not None and projected > limit * params.threshold:
+            return em.emit(fired, "budget_forecast", window="day", window_start=day_start, observed=projected,
+                           limit=limit, unit=unit,
+                           message=f"{common['scope'].capitalize()} {common['subject']} is on pace for "
+                                   f"{_show(projected, unit)} today, over {params.threshold:.0%} of its "
+                                   f"{_show(limit, unit)} daily budget", **common)
+    return None
+
+
+# --- cross-partition budgets (merger) ---------------------------------------------------------
+
+
+def dim_decisions(
+    em: Emitter, fired: MutableMapping[str, int], dim: str, subject: str, limits: Limits,
+    day_start: int, day_end: int, tokens: int, nano: int, at_ms: int,
+) -> list[Decision]:
+    """Global and team daily budgets (pause_noncritical), user budgets (throttle), their forecasts."""
+    rules = em.config.rules
+    common = {"scope": dim, "subject": subject}
+    out: list[Decision | None] = []
+    over = _over(tokens, nano, limits)
+    label = "Global" if dim == "global" else f"{dim.capitalize()} {subject}"
+    if over:
+        observed, limit, unit = over
+        if dim == "user" and rules.user_budget_exceeded.enabled:
+            out.append(em.emit(fired, "user_budget_exceeded", window="day", window_start=day_start, observed=observed,
+                               limit=limit, unit=unit, message=f"User {subject} is over the daily budget: "
+                                                               f"{_show(observed, unit)} of {_show(limit, unit)}; throttling",
+                               **common))
+        elif dim in ("global", "team") and rules.daily_budget_exceeded.enabled:
+            out.append(em.emit(fired, "daily_budget_exceeded", window="day", window_start=day_start, observed=observed,
+                               limit=limit, unit=unit, message=f"{label} daily budget exceeded: {_show(observed, unit)} of "
+                                                               f"{_show(limit, unit)}; pausing noncritical agents",
+                               **common))
+    else:
+        out.append(_forecast(em, fired, tokens, nano, day_start, day_end, at_ms, limits, common))
+    return [d for d in out if d is not None]

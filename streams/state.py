@@ -1,0 +1,160 @@
+"""Persisted per-agent and per-dimension state, as msgspec structs (msgpack on the changelog).
+
+Recovery is exact because every persisted record carries its own watermark: `upto` maps a
+source partition to the next offset not yet applied, so an event replayed after a crash is
+applied to a record only if that record had not already seen it, whichever prefix of the
+changelog survived. `seen` (hashed event_id → position) catches duplicates a producer sent
+twice at different offsets; it is bounded, so it covers recent duplicates (retries), not
+all of history.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from msgspec import Struct
+
+from streams.windows import Counter
+
+SEEN_CAP = 1024  # recent event ids remembered per agent
+TASKS_CAP = 256  # live tasks remembered per agent (least recently active evicted)
+SESSIONS_CAP = 64
+FIRED_CAP = 512
+HASHES_CAP = 256  # recent (step, prompt_hash) per task, for loop detection
+AGENTS_PER_DIM_CAP = 64
+POS_SHIFT = 44  # position = partition << 44 | offset
+
+
+def position(partition: int, offset: int) -> int:
+    return (partition << POS_SHIFT) | offset
+
+
+def id_hash(event_id: str) -> int:
+    """Stable 63-bit hash (Python's hash() changes per process, so it cannot be persisted)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+class TaskState(Struct, array_like=True):
+    first_ts: int
+    last_ts: int
+    tokens: int = 0
+    nano: int = 0
+    events: int = 0
+    est_tokens: int = 0  # sum of pre-call estimates
+    est_observed: int = 0  # tokens of the calls that carried an estimate
+    step: int = -1
+    step_tokens: int = 0
+    hashes: list[tuple[int, str]] = []  # recent (step, prompt_hash)
+    fired: list[str] = []  # decision ids already emitted for this task
+    killed: bool = False
+
+
+class AgentState(Struct, array_like=True):
+    agent_id: str
+    criticality: str = "normal"
+    team: str = ""
+    counter: Counter = msgspec.field(default_factory=Counter)
+    tasks: dict[str, TaskState] = {}
+    sessions: dict[str, int] = {}  # session_id → tokens
+    fired: dict[str, int] = {}  # decision_id → ts_ms
+    seen: dict[int, int] = {}  # id_hash(event_id) → position of its message
+    upto: dict[int, int] = {}  # partition → next offset to apply
+    events: int = 0
+    duplicates: int = 0
+    paused_until: int = 0
+
+    def remember(self, h: int, pos: int) -> None:
+        seen = self.seen
+        seen[h] = pos
+        if len(seen) > SEEN_CAP:
+            del seen[next(iter(seen))]
+
+    def task(self, task_id: str, ts_ms: int) -> TaskState:
+        task = self.tasks.get(task_id)
+        if task is None:
+            if len(self.tasks) >= TASKS_CAP:
+                oldest = min(self.tasks, key=lambda t: self.tasks[t].last_ts)
+                del self.tasks[oldest]
+            task = self.tasks[task_id] = TaskState(first_ts=ts_ms, last_ts=ts_ms)
+        return task
+
+    def add_session(self, session_id: str, tokens: int) -> None:
+        sessions = self.sessions
+        if session_id in sessions:
+            sessions[session_id] += tokens
+            return
+        if len(sessions) >= SESSIONS_CAP:
+            del sessions[next(iter(sessions))]
+        sessions[session_id] = tokens
+
+    def mark_fired(self, decision_id: str, ts_ms: int) -> None:
+        fired = self.fired
+        fired[decision_id] = ts_ms
+        if len(fired) > FIRED_CAP:
+            del fired[next(iter(fired))]
+
+
+class DimState(Struct, array_like=True):
+    """One cross-partition subject (user, team, model, global) as counted by ONE partition."""
+
+    dim: str
+    subject: str
+    partition: int
+    counter: Counter = msgspec.field(default_factory=Counter)
+    agents: list[str] = []  # agents seen for this subject (for throttle / team pauses)
+    upto: int = 0  # next offset of `partition` to apply
+
+    def add_agent(self, agent_id: str) -> None:
+        if agent_id not in self.agents:
+            self.agents.append(agent_id)
+            if len(self.agents) > AGENTS_PER_DIM_CAP:
+                del self.agents[0]
+
+
+class AgentInfo(Struct, array_like=True):
+    """What the merger needs to know about an agent to pause it (or not)."""
+
+    agent_id: str
+    criticality: str
+    team: str
+    last_ts: int
+
+
+class Rollup(Struct, tag="rollup", tag_field="type", array_like=True):
+    """A partition's absolute per-subject totals, published every flush interval.
+
+    Absolute snapshots (not deltas) make merging idempotent: a replayed rollup replaces a
+    snapshot with the same one, and an older one (smaller `upto`) is ignored.
+    """
+
+    source: int
+    ts_ms: int
+    dims: list[DimState]
+    agents: list[AgentInfo]
+
+
+_agent_encoder = msgspec.msgpack.Encoder()
+_agent_decoder = msgspec.msgpack.Decoder(AgentState)
+_dim_decoder = msgspec.msgpack.Decoder(DimState)
+_rollup_decoder = msgspec.msgpack.Decoder(Rollup)
+_info_decoder = msgspec.msgpack.Decoder(AgentInfo)
+
+
+def encode_state(state: Struct) -> bytes:
+    return _agent_encoder.encode(state)
+
+
+def decode_agent(raw: bytes) -> AgentState:
+    return _agent_decoder.decode(raw)
+
+
+def decode_dim(raw: bytes) -> DimState:
+    return _dim_decoder.decode(raw)
+
+
+def decode_rollup(raw: bytes) -> Rollup:
+    return _rollup_decoder.decode(raw)
+
+
+def decode_info(raw: bytes) -> AgentInfo:
+    return _info_decoder.decode(raw)

@@ -1,0 +1,53 @@
+"""The processor's live status for the dashboard and `budgetwarden status`: plain dicts.
+
+Shape of `live_status()` (streams.app), JSON-ready, money as nano-USD ints:
+
+    {"ts_ms": int, "policy_version": int, "timezone": str,
+     "agents": {agent_id: {"tokens_today": int, "nano_usd_today": int, "last_hour_tokens": int,
+                           "daily_tokens": int|None, "daily_nano_usd": int|None, "hourly_tokens": int|None,
+                           "percent": float|None,  # of the tightest daily limit
+                           "criticality": "critical"|"normal", "paused": bool,
+                           "killed_tasks": [task_id, ...], "active_tasks": int, "events": int,
+                           "duplicates": int, "last_ts": int}},
+     "dimensions": {"global"|"user:u"|"team:t"|"model:m": {"tokens_today": int, "nano_usd_today": int,
+                    "daily_tokens": int|None, "daily_nano_usd": int|None, "percent": float|None}},
+     "recent_decisions": [Decision as dict, newest last]}
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.contract import Limits
+from streams.state import AgentState
+
+
+def percent(tokens: int, nano: int, limits: Limits) -> float | None:
+    shares = []
+    if limits.daily_tokens:
+        shares.append(100.0 * tokens / limits.daily_tokens)
+    if limits.daily_nano_usd:
+        shares.append(100.0 * nano / limits.daily_nano_usd)
+    return round(max(shares), 2) if shares else None
+
+
+def agent_status(state: AgentState, limits: Limits, now_ms: int) -> dict[str, Any]:
+    c = state.counter
+    tokens, nano = c.day_total(now_ms), c.day_total(now_ms, "usd")
+    killed = sorted(tid for tid, t in state.tasks.items() if t.killed)
+    return {
+        "tokens_today": tokens,
+        "nano_usd_today": nano,
+        "last_hour_tokens": c.last_hour(now_ms),
+        "daily_tokens": limits.daily_tokens,
+        "daily_nano_usd": limits.daily_nano_usd,
+        "hourly_tokens": limits.hourly_tokens,
+        "percent": percent(tokens, nano, limits),
+        "criticality": state.criticality,
+        "paused": state.paused_until > now_ms,
+        "killed_tasks": killed,
+        "active_tasks": len(state.tasks),
+        "events": state.events,
+        "duplicates": state.duplicates,
+        "last_ts": c.last_ts,
+    }
+

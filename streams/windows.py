@@ -1,0 +1,122 @@
+"""Time buckets: minutes over the last 2 hours, hours over 48 hours, the calendar day.
+
+State keeps fixed buckets and derives sliding sums at read time, so one event costs a few
+dict increments and a persisted counter stays small. Days are calendar days in the rules
+timezone (a DST day is 23 or 25 hours long), computed once per day and memoized.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from msgspec import Struct
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+MINUTES_KEPT_MS = 2 * HOUR_MS
+HOURS_KEPT_MS = 48 * HOUR_MS
+
+
+def minute_start(ts_ms: int) -> int:
+    return ts_ms - ts_ms % MINUTE_MS
+
+
+def hour_start(ts_ms: int) -> int:
+    return ts_ms - ts_ms % HOUR_MS
+
+
+class DayCalendar:
+    """[start, end) of the calendar day holding an instant, in one timezone."""
+
+    def __init__(self, tz: ZoneInfo | str = "UTC") -> None:
+        self.tz = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
+        self._start = 0
+        self._end = 0
+        self._memo: dict[int, tuple[int, int]] = {}
+
+    def bounds(self, ts_ms: int) -> tuple[int, int]:
+        if self._start <= ts_ms < self._end:
+            return self._start, self._end
+        local = dt.datetime.fromtimestamp(ts_ms / 1000, self.tz).date()
+        key = local.toordinal()
+        found = self._memo.get(key)
+        if found is None:
+            start = dt.datetime(local.year, local.month, local.day, tzinfo=self.tz)
+            nxt = local + dt.timedelta(days=1)
+            end = dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz)
+            found = (int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+            if len(self._memo) > 64:
+                self._memo.clear()
+            self._memo[key] = found
+        if ts_ms >= self._start:  # remember the newest day for the fast path
+            self._start, self._end = found
+        return found
+
+    def day_start(self, ts_ms: int) -> int:
+        return self.bounds(ts_ms)[0]
+
+
+class Counter(Struct, array_like=True):
+    """Token (and day cost) totals of one subject. `hours`/`minutes` map bucket start → tokens."""
+
+    day_start: int = 0
+    day_end: int = 0
+    day_tokens: int = 0
+    day_nano: int = 0
+    hours: dict[int, int] = {}
+    minutes: dict[int, int] = {}
+    last_ts: int = 0
+
+    def add(self, ts_ms: int, tokens: int, nano: int, cal: DayCalendar, fine: bool = True) -> None:
+        """Count one event. Events of an earlier day count in their hour/minute only."""
+        if ts_ms >= self.day_end:
+            start, end = cal.bounds(ts_ms)
+            self.day_start, self.day_end, self.day_tokens, self.day_nano = start, end, 0, 0
+        if ts_ms >= self.day_start:
+            self.day_tokens += tokens
+            self.day_nano += nano
+        if ts_ms > self.last_ts:
+            self.last_ts = ts_ms
+        _bump(self.hours, ts_ms - ts_ms % HOUR_MS, tokens, self.last_ts - HOURS_KEPT_MS)
+        if fine:
+            _bump(self.minutes, ts_ms - ts_ms % MINUTE_MS, tokens, self.last_ts - MINUTES_KEPT_MS)
+
+    def day_total(self, ts_ms: int, unit: str = "tokens") -> int:
+        """Today's total as seen at `ts_ms` (0 once the day is over)."""
+        if not self.day_start <= ts_ms < self.day_end:
+            return 0
+        return self.day_nano if unit == "usd" else self.day_tokens
+
+    def last_hour(self, end_ms: int) -> int:
+        """Tokens in the sliding hour (end-60min, end], from minute buckets."""
+        lo = minute_start(end_ms) - HOUR_MS
+        return sum(v for k, v in self.minutes.items() if lo < k <= end_ms)
+
+    def hour_baseline(self, end_ms: int, hours: int = 24) -> int | None:
+        """Mean tokens per complete hour before the current one, or None without 3h of history."""
+        current = hour_start(end_ms)
+        prior = [v for k, v in self.hours.items() if current - hours * HOUR_MS <= k < current]
+        if len(prior) < 3:
+            return None
+        return sum(prior) // len(prior)
+
+
+def _bump(buckets: dict[int, int], key: int, amount: int, oldest: int) -> None:
+    if key < oldest:
+        return
+    if key in buckets:
+        buckets[key] += amount
+        return
+    buckets[key] = amount
+    stale = [k for k in buckets if k < oldest]  # only when a new bucket opens
+    for k in stale:
+        del buckets[k]
+
+
+def merged_day(counters: list[Counter]) -> tuple[int, int, int, int]:
+    """(day_start, day_end, tokens, nano) summed over counters of the newest day."""
+    newest = max((c for c in counters if c.day_end > 0), key=lambda c: c.day_start, default=None)
+    if newest is None:
+        return 0, 0, 0, 0
+    same = [c for c in counters if c.day_start == newest.day_start]
+    return newest.day_start, newest.day_end, sum(c.day_tokens for c in same), sum(c.day_nano for c in same)
