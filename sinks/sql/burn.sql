@@ -1,0 +1,10 @@
+-- Spend per UTC day since start_ms (burn rate and forecasts are computed from these).
+SELECT
+    intDiv(ts_ms, 86400000) * 86400000 AS day_ms,
+    count() AS events,
+    sum(tokens) AS tokens,
+    sum(nano_usd) AS nano_usd
+FROM {db}.usage_events FINAL
+WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} {filters}
+GROUP BY day_ms
+ORDER BY day_ms

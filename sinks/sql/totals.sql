@@ -1,0 +1,15 @@
+-- Totals over [start_ms, end_ms): one row.
+SELECT
+    count() AS events,
+    uniqExact(agent_id) AS agents,
+    uniqExactIf(task_id, task_id != '') AS tasks,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens,
+    sum(cache_read_tokens) AS cache_read_tokens,
+    sum(cache_write_tokens) AS cache_write_tokens,
+    sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
+    sum(tokens) AS tokens,
+    sum(nano_usd) AS nano_usd,
+    sum(unpriced) AS unpriced_events
+FROM {db}.usage_events FINAL
+WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} {filters}

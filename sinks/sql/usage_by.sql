@@ -1,0 +1,19 @@
+-- Usage and cost by one dimension over [start_ms, end_ms), most expensive first.
+-- {dim} is agent_id | user_id | team | model | task_id | session_id; {filters} adds
+-- `AND <column> = {f_<column>:String}` per filter. FINAL: every event_id counted once.
+SELECT
+    toString({dim}) AS key,
+    count() AS events,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens,
+    sum(cache_read_tokens) AS cache_read_tokens,
+    sum(cache_write_tokens) AS cache_write_tokens,
+    sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
+    sum(tokens) AS tokens,
+    sum(nano_usd) AS nano_usd,
+    sum(unpriced) AS unpriced_events
+FROM {db}.usage_events FINAL
+WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} {filters}
+GROUP BY key
+ORDER BY nano_usd DESC, tokens DESC, key
+LIMIT {limit:UInt32}

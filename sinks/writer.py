@@ -1,0 +1,298 @@
+"""The sink's Kafka consumer: batches every topic into ClickHouse, commits after the write.
+
+Its own consumer group (`budgetwarden-sink`) so it never slows the processor's. Rows are
+buffered per table and flushed by size or age (few large inserts); while one batch is
+being written on the store thread the loop keeps fetching into the next. Offsets are
+committed only after ClickHouse has a batch. When ClickHouse is down the writer pauses
+its partitions (the buffer stops growing), retries with capped exponential backoff and
+resumes; a row ClickHouse rejects is bisected out and goes to `dead_letters`.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from ops.kafka import topics
+from schemas.codec import BadInput, UsageDecoder, decode_control, decode_deadletter, decode_decision, decode_policy
+from schemas.pricing import PriceCatalog
+from sinks.batch import Batch, RecentIds, StoreUnavailable, WriteResult, write_batch
+from sinks.rows import control_row, deadletter_row, decision_row, policy_row, rejected, usage_row
+from sinks.store import StoreError, StoreRunner
+from streams.clock import system_ms
+
+log = structlog.get_logger(__name__)
+
+GROUP_ID = "budgetwarden-sink"
+
+
+@dataclass(frozen=True)
+class SinkTopics:
+    usage: str = topics.USAGE
+    decisions: str = topics.DECISIONS
+    control: str = topics.CONTROL
+    policies: str = topics.POLICIES
+    deadletter: str = topics.DEADLETTER
+
+    def all(self) -> list[str]:
+        return [self.usage, self.decisions, self.control, self.policies, self.deadletter]
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    batch_rows: int = 50_000
+    flush_ms: int = 1_000
+    fetch_records: int = 10_000  # per getmany: keeps each decode slice short on the shared loop
+    backoff_initial_ms: int = 200
+    backoff_max_ms: int = 10_000
+    recent_ids: int = 1_000_000
+
+
+@dataclass
+class WriterStats:
+    rows_written: int = 0
+    rows_rejected: int = 0
+    duplicates_dropped: int = 0
+    bad_messages: int = 0
+    flushes: int = 0
+    failures: int = 0
+    paused: bool = False
+    last_error: str = ""
+
+
+class SinkWriter:
+    def __init__(
+        self,
+        runner: StoreRunner,
+        bootstrap: str,
+        *,
+        sink_topics: SinkTopics = SinkTopics(),
+        group_id: str = GROUP_ID,
+        config: WriterConfig = WriterConfig(),
+        catalog: PriceCatalog | None = None,
+        now_ms: Callable[[], int] = system_ms,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.topics = sink_topics
+        self.config = config
+        self.stats = WriterStats()
+        self._catalog = catalog or PriceCatalog.default()
+        self._now_ms = now_ms
+        self._decoder = UsageDecoder(now_ms)
+        self._recent = RecentIds(config.recent_ids)
+        self._batch = Batch()
+        self._inflight: asyncio.Task[None] | None = None
+        self._retry_at_ms = 0
+        self._backoff_ms = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            **(consumer_options or {}),
+        )
+        self._handlers: dict[str, Callable[[Batch, Any], None]] = {
+            sink_topics.usage: self._on_usage,
+            sink_topics.decisions: self._on_decision,
+            sink_topics.control: self._on_control,
+            sink_topics.policies: self._on_policy,
+            sink_topics.deadletter: self._on_deadletter,
+        }
+
+    # lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe(self.topics.all(), listener=_Revoked(self))
+        self._task = asyncio.create_task(self._run(), name="sink-writer")
+
+    async def stop(self) -> None:
+        """Flush what is buffered (if ClickHouse answers), commit, close."""
+        self._stopping = True
+        if self._task is not None:
+            await self._task
+        try:
+            await self._flush(wait=True)
+        except (StoreError, StoreUnavailable) as exc:
+            log.warning("sink.stop_flush_failed", error=str(exc), rows=self._batch.size)
+        await self._consumer.stop()
+
+    async def wait_idle(self, timeout_s: float = 30.0) -> None:
+        """Until nothing is buffered or in flight (tests and the benchmark)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._batch.size or self._inflight is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"sink still has {self._batch.size} rows buffered")
+            await asyncio.sleep(0.02)
+
+    # the loop -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:
+                log.warning("sink.kafka_error", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def _step(self) -> None:
+        if self._retry_at_ms:  # ClickHouse failed: partitions are paused until the retry
+            if self._now_ms() < self._retry_at_ms:
+                await asyncio.sleep(min(0.05, (self._retry_at_ms - self._now_ms()) / 1000))
+                return
+            await self._flush(wait=True)
+            return
+        records = await self._consumer.getmany(timeout_ms=100, max_records=self.config.fetch_records)
+        for tp, messages in records.items():
+            handler = self._handlers[tp.topic]
+            batch = self._batch
+            for msg in messages:
+                if not batch.size:
+                    batch.started_ms = self._now_ms()
+                handler(batch, msg)
+                batch.consumed(tp.topic, tp.partition, msg.offset)
+        batch = self._batch
+        full = batch.size >= self.config.batch_rows
+        due = bool(batch.offsets) and self._now_ms() - batch.started_ms >= self.config.flush_ms
+        if full or due:
+            await self._flush(wait=False)
+
+    async def _flush(self, wait: bool) -> None:
+        """Hand the current batch to the store thread; at most one batch in flight."""
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
+        if self._retry_at_ms and not wait:
+            return
+        batch = self._batch
+        if not batch.offsets:
+            return
+        self._batch = Batch()
+        self._inflight = asyncio.create_task(self._write(batch))
+        if wait or self._stopping:
+            await self._inflight
+            self._inflight = None
+
+    async def _write(self, batch: Batch) -> None:
+        try:
+            result: WriteResult = await self.runner.run(write_batch, self.runner.store, batch, self._now_ms)
+        except (StoreError, StoreUnavailable) as exc:
+            self._failed(batch, exc)
+            return
+        await self._commit(batch)
+        self.stats.rows_written += result.rows
+        self.stats.rows_rejected += result.rejected
+        self.stats.flushes += 1
+        if self._retry_at_ms:
+            self._retry_at_ms = 0
+            self._backoff_ms = 0
+            self._consumer.resume(*self._consumer.assignment())
+            self.stats.paused = False
+            log.info("sink.resumed")
+
+    def _failed(self, batch: Batch, exc: Exception) -> None:
+        """Keep the rows (merged in front of anything fetched since), pause, schedule a retry."""
+        self.stats.failures += 1
+        self.stats.last_error = str(exc)[:500]
+        newer = self._batch
+        for table, rows in newer.rows.items():
+            batch.rows[table].extend(rows)
+            batch.sources[table].extend(newer.sources[table])
+        batch.offsets.update(newer.offsets)
+        batch.size += newer.size
+        self._batch = batch
+        self._backoff_ms = min(self.config.backoff_max_ms, max(self.config.backoff_initial_ms, self._backoff_ms * 2))
+        self._retry_at_ms = self._now_ms() + self._backoff_ms
+        self._consumer.pause(*self._consumer.assignment())
+        self.stats.paused = True
+        log.warning("sink.clickhouse_failed", error=self.stats.last_error, rows=batch.size, retry_in_ms=self._backoff_ms)
+
+    async def _commit(self, batch: Batch) -> None:
+        offsets = {TopicPartition(t, p): off for (t, p), off in batch.offsets.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The rows are stored; a re-delivery after a rebalance is absorbed by the dedupe.
+            log.warning("sink.commit_failed", error=str(exc))
+
+    def drop_unwritten(self) -> None:
+        """Partitions were revoked and the batch could not be written: the next owner re-reads it."""
+        self._recent.forget(self._batch.event_ids())
+        self._batch = Batch()
+
+    # per-topic handlers (run on the loop; pure CPU, bounded by fetch_records) ----------------
+    def _dead(self, batch: Batch, msg: Any, err: BadInput) -> None:
+        self.stats.bad_messages += 1
+        row = rejected(msg.topic, msg.partition, msg.offset, msg.value, msg.key, self._now_ms(), err.reason, err.field)
+        batch.add("dead_letters", row, (msg.topic, msg.partition, msg.offset, ""))
+
+    def _on_usage(self, batch: Batch, msg: Any) -> None:
+        try:
+            events = self._decoder.decode(msg.value or b"")
+        except BadInput as err:
+            self._dead(batch, msg, err)
+            return
+        now = self._now_ms()
+        source = (msg.topic, msg.partition, msg.offset, "")
+        for event in events:
+            if self._recent.add(event.event_id):
+                batch.add("usage_events", usage_row(event, self._catalog, msg.partition, msg.offset, now), source)
+            else:
+                self.stats.duplicates_dropped += 1
+
+    def _decoded(self, batch: Batch, msg: Any, decode: Callable[[bytes], Any]) -> Any:
+        try:
+            return decode(msg.value or b"")
+        except BadInput as err:
+            self._dead(batch, msg, err)
+            return None
+
+    def _on_decision(self, batch: Batch, msg: Any) -> None:
+        if (d := self._decoded(batch, msg, decode_decision)) is not None:
+            batch.add("decisions", decision_row(d), (msg.topic, msg.partition, msg.offset, ""))
+
+    def _on_control(self, batch: Batch, msg: Any) -> None:
+        if (c := self._decoded(batch, msg, decode_control)) is not None:
+            batch.add("control_commands", control_row(c), (msg.topic, msg.partition, msg.offset, ""))
+
+    def _on_policy(self, batch: Batch, msg: Any) -> None:
+        if msg.value is None:  # a compaction tombstone
+            return
+        if (p := self._decoded(batch, msg, decode_policy)) is not None:
+            batch.add("policies", policy_row(p), (msg.topic, msg.partition, msg.offset, ""))
+
+    def _on_deadletter(self, batch: Batch, msg: Any) -> None:
+        if (d := self._decoded(batch, msg, decode_deadletter)) is not None:
+            batch.add("dead_letters", deadletter_row(d), (msg.topic, msg.partition, msg.offset, ""))
+
+
+class _Revoked(ConsumerRebalanceListener):
+    """Write what belongs to revoked partitions before another consumer takes them."""
+
+    def __init__(self, writer: SinkWriter) -> None:
+        self.writer = writer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if not revoked:
+            return
+        try:
+            await self.writer._flush(wait=True)
+        except (StoreError, StoreUnavailable):
+            pass
+        if self.writer._batch.size:
+            self.writer.drop_unwritten()
+            self.writer._retry_at_ms = 0
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.writer._retry_at_ms:
+            self.writer._consumer.pause(*assigned)
