@@ -1,0 +1,253 @@
+"""The Faust wiring of the processor: topics, tables, agents. Logic lives in engine/merger.
+
+Measured facts drive the shape (see DESIGN.md): Faust costs per event and per table write,
+so the usage agent reads raw bytes in batches (`take_events`, a few ms), hands them to the
+pure `Engine`, and writes each touched record to the changelog ONCE per batch. Every
+`rollup_interval` the engine's per-partition user/team/model/global snapshots go to the
+single-partition `budget.rollups` topic, where one merger agent runs the budgets that span
+partitions. Policies are re-read from the start of the compacted topic at every start.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import structlog
+from msgspec import to_builtins
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faust.types import EventT
+
+from ops.kafka.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE, topic_specs
+from schemas.codec import BadInput, decode_policy, encode
+from schemas.contract import ControlCommand, Decision
+from streams.clock import Clock, system_ms
+from streams.engine import Engine, RawMessage
+from streams.merger import Merger
+from streams.rules_config import ConfigError, RulesConfig, apply_policy, load_rules
+from streams.settings import WorkerSettings
+from streams.state import decode_rollup, encode_state
+
+log = structlog.get_logger(__name__)
+
+ROLLUPS = "budget.rollups"
+
+
+def topic_names(prefix: str = "") -> dict[str, str]:
+    return {name: prefix + name for name in (USAGE, DECISIONS, CONTROL, POLICIES, DEADLETTER, ROLLUPS)}
+
+
+async def ensure_topics(bootstrap: str, partitions: int, prefix: str = "", **client_options: Any) -> None:
+    """The contract's topics (under an optional prefix, for tests and benchmarks) plus rollups."""
+    specs = [(prefix + s.name, s.partitions, s.config) for s in topic_specs(partitions)]
+    specs.append((prefix + ROLLUPS, 1, {}))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        for name, parts, config in specs:
+            if name not in existing:
+                try:
+                    await admin.create_topics([NewTopic(name, parts, 1, topic_configs=config)])
+                except TopicAlreadyExistsError:
+                    pass
+    finally:
+        await admin.close()
+
+
+class Processor:
+    """One Faust app: usage → engine → decisions/control/dead letters; rollups → merger."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        config: RulesConfig | None = None,
+        *,
+        topic_prefix: str = "",
+        now_ms: Clock = system_ms,
+        rollup_interval: float = 0.2,
+        batch_max: int = 5_000,
+        batch_within: float = 0.005,
+        web_port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config or load_rules(settings.rules_path)
+        self.names = topic_names(topic_prefix)
+        self.engine = Engine(self.config, now_ms, control_key=settings.control_key)
+        self.merger = Merger(self.config, now_ms, control_key=settings.control_key)
+        self.now_ms = now_ms
+        self.batch_max = batch_max
+        self.batch_within = batch_within
+        self.policies_ready = asyncio.Event()
+        self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
+                      "batches": 0, "rollups": 0}
+        self._restored = {"engine": False, "merger": False}
+        app = self.app = faust.App(
+            settings.app_id,
+            broker=f"kafka://{settings.bootstrap}",
+            store="memory://",
+            datadir=str(settings.state_dir / "faust"),
+            key_serializer="raw",
+            value_serializer="raw",
+            processing_guarantee=settings.processing_guarantee,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=web_port is not None,
+            web_port=web_port or 6066,
+            web_host="127.0.0.1",
+            producer_linger_ms=1,
+            broker_commit_interval=1.0,
+            stream_buffer_maxsize=max(4096, batch_max * 2),
+        )
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.usage_topic = app.topic(self.names[USAGE], **raw)
+        self.decisions_topic = app.topic(self.names[DECISIONS], **raw)
+        self.control_topic = app.topic(self.names[CONTROL], **raw)
+        self.deadletter_topic = app.topic(self.names[DEADLETTER], **raw)
+        self.rollup_topic = app.topic(self.names[ROLLUPS], partitions=1, **raw)
+        table = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.state_table = app.Table("processor-state", partitions=settings.partitions, **table)
+        self.merger_table = app.Table("merger-state", partitions=1, **table)
+        if settings.role in ("all", "processor"):
+            app.agent(self.usage_topic, name="usage")(self._usage_agent)
+            app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
+            app.timer(rollup_interval)(self._flush_rollups)
+            app.task(self._policy_task)
+        else:
+            self.policies_ready.set()
+
+    # --- agents ------------------------------------------------------------------------------
+
+    async def _usage_agent(self, stream: faust.StreamT) -> None:
+        await self.policies_ready.wait()
+        async for events in stream.take_events(self.batch_max, within=self.batch_within):
+            if not self._restored["engine"]:
+                self._restored["engine"] = True
+                n = self.engine.restore(list(self.state_table.data.items()))
+                log.info("processor.restored", records=n, agents=len(self.engine.agents))
+            await self.process_batch(events)
+
+    async def process_batch(self, events: Sequence[EventT]) -> None:
+        msgs = [RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition, e.message.offset)
+                for e in events]
+        out = self.engine.process(msgs)
+        s = self.stats
+        s["batches"] += 1
+        s["messages"] += len(msgs)
+        s["events"] += out.counted
+        s["duplicates"] += out.duplicates
+        s["dead_letters"] += len(out.dead_letters)
+        for key, letter in out.dead_letters:
+            log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
+                        offset=letter.offset)
+            self.deadletter_topic.send_soon(key=key, value=encode(letter))
+        await self._publish(out.decisions, out.commands)
+        data = self.state_table.data
+        send = self.state_table.send_changelog
+        for partition, key, value in out.writes:
+            data[key] = value
+            send(partition, key, value, key_serializer="raw", value_serializer="raw")
+
+    async def _publish(self, decisions: list[Decision], commands: list[ControlCommand]) -> None:
+        """Commands first (they stop agents), then decisions; acknowledged BEFORE the state that
+        records them is written, so a crash can repeat a decision (same id), never lose one."""
+        if not decisions and not commands:
+            return
+        futures = [await self.control_topic.send(key=c.agent_id.encode(), value=encode(c)) for c in commands]
+        futures += [await self.decisions_topic.send(key=d.subject.encode(), value=encode(d)) for d in decisions]
+        await asyncio.gather(*futures)
+        self.stats["decisions"] += len(decisions)
+        self.stats["commands"] += len(commands)
+        for d in decisions:
+            log.info("decision", rule=d.rule, action=d.action, scope=d.scope, subject=d.subject, observed=d.observed,
+                     limit=d.limit, decision_id=d.decision_id)
+
+    async def _flush_rollups(self) -> None:
+        for rollup in self.engine.take_rollups():
+            self.rollup_topic.send_soon(key=b"rollup", value=encode_state(rollup), partition=0)
+            self.stats["rollups"] += 1
+
+    async def _rollup_agent(self, stream: faust.StreamT) -> None:
+        await self.policies_ready.wait()
+        async for events in stream.take_events(1_000, within=0.005):
+            if not self._restored["merger"]:
+                self._restored["merger"] = True
+                self.merger.restore(list(self.merger_table.data.items()))
+            rollups = []
+            for e in events:
+                try:
+                    rollups.append(decode_rollup(e.message.value))
+                except Exception as err:  # noqa: BLE001 - an internal topic; skip what we cannot read
+                    log.error("rollup.undecodable", error=str(err), offset=e.message.offset)
+            out = self.merger.apply(rollups)
+            await self._publish(out.decisions, out.commands)
+            for key, value in out.writes:
+                self.merger_table.data[key] = value
+                self.merger_table.send_changelog(0, key, value, key_serializer="raw", value_serializer="raw")
+
+    # --- policies ------------------------------------------------------------------------------
+
+    async def _policy_task(self) -> None:
+        """Read `budget.policies` from the start (it is compacted: the current settings), then follow it."""
+        name = self.names[POLICIES]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads metadata
+            parts = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or {0})]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            end = await consumer.end_offsets(parts)
+            pending = {tp for tp, off in end.items() if off > 0}
+            if not pending:
+                self.policies_ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self.apply_policy_bytes(record.value)
+                for tp in list(pending):
+                    if await consumer.position(tp) >= end[tp]:
+                        pending.discard(tp)
+                if not pending and not self.policies_ready.is_set():
+                    log.info("policies.loaded", version=self.config.version)
+                    self.policies_ready.set()
+        finally:
+            await consumer.stop()
+
+    def apply_policy_bytes(self, raw: bytes | None) -> None:
+        if raw is None:
+            return
+        try:
+            policy = decode_policy(raw)
+            config = apply_policy(self.config, policy)
+        except (BadInput, ConfigError) as err:
+            log.warning("policy.rejected", error=str(err))
+            return
+        self.config = config
+        self.engine.set_config(config)
+        self.merger.set_config(config)
+        log.info("policy.applied", scope=policy.scope, subject=policy.subject, version=config.version,
+                 policy_id=policy.policy_id, deleted=policy.deleted)
+
+    # --- status --------------------------------------------------------------------------------
+
+    def live_status(self) -> dict[str, Any]:
+        """Budget status for the dashboard; the shape is documented in streams.status."""
+        recent = sorted([*self.engine.recent, *self.merger.recent], key=lambda d: d.ts_ms)[-50:]
+        return {
+            "ts_ms": self.now_ms(),
+            "policy_version": self.config.version,
+            "timezone": self.config.timezone,
+            "agents": self.engine.status(),
+            "dimensions": self.merger.status(),
+            "recent_decisions": to_builtins(recent),
+            "stats": dict(self.stats),
+        }
+
