@@ -89,6 +89,8 @@ def insert_bisecting(
         probe(store)
         if len(rows) == 1:
             topic, partition, offset, event_id = sources[0]
+            if table == "usage_events":
+                event_id = rows[0][0]
             raw = _json.encode(dict(zip(TABLE_COLUMNS[table], rows[0])))
             reason = f"ClickHouse rejected the {table} row: {exc}"
             return 0, [rejected(topic, partition, offset, raw, None, now_ms, reason, "", event_id)]

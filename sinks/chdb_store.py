@@ -23,7 +23,11 @@ _decoder = msgspec.json.Decoder()
 
 
 class ChdbStore:
-    """`Store` on chDB. Inserts stream JSONCompactEachRow bytes (measured fastest from Python)."""
+    """`Store` on chDB. Inserts send one JSONCompactEachRow body (msgspec-encoded) per INSERT.
+
+    Not `send_insert`: on chDB 4.4 a streamed insert that violates a CHECK constraint
+    reports success and writes nothing; the query path raises, so rejections are seen.
+    """
 
     def __init__(self, path: str | Path, database: str = DEFAULT_DATABASE) -> None:
         self.path = Path(path)
@@ -56,11 +60,9 @@ class ChdbStore:
         if not rows:
             return
         cols = ", ".join(check_identifier(c) for c in columns)
-        sql = f"INSERT INTO {self.database}.{check_identifier(table)} ({cols})"
+        sql = f"INSERT INTO {self.database}.{check_identifier(table)} ({cols}) FORMAT JSONCompactEachRow\n"
         try:
-            with self._session.send_insert(sql, "JSONCompactEachRow") as ins:
-                ins.append(_encoder.encode_lines(rows))
-                ins.finish()
+            self._session.query(sql + _encoder.encode_lines(rows).decode(), "Null")
         except Exception as exc:
             raise StoreError(str(exc)) from exc
 

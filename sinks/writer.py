@@ -129,7 +129,7 @@ class SinkWriter:
     async def wait_idle(self, timeout_s: float = 30.0) -> None:
         """Until nothing is buffered or in flight (tests and the benchmark)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._batch.size or self._inflight is not None:
+        while self._batch.size or (self._inflight is not None and not self._inflight.done()):
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"sink still has {self._batch.size} rows buffered")
             await asyncio.sleep(0.02)

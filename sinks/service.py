@@ -1,0 +1,100 @@
+"""The sink inside the worker: store + DDL + Kafka writer + HTTP API, started and stopped together.
+
+`budgetwarden worker` (the processor's module) creates one SinkService next to the Faust
+app, in the same process and on the same event loop; every ClickHouse call runs on the
+store's own thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ops.kafka.settings import client_options_from_env
+from sinks.http import make_app
+from sinks.store import Store, StoreRunner, apply_schema, open_store
+from sinks.writer import SinkTopics, SinkWriter, WriterConfig
+from streams.rules_config import load_rules
+from streams.settings import WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+
+class SinkService:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        live_status: Callable[[], dict[str, Any]] | None = None,
+        *,
+        store: Store | None = None,
+        sink_topics: SinkTopics = SinkTopics(),
+        writer_config: WriterConfig = WriterConfig(),
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.live_status = live_status
+        self.http_url = ""
+        self.writer: SinkWriter | None = None
+        self.runner: StoreRunner | None = None
+        self._store = store
+        self._topics = sink_topics
+        self._writer_config = writer_config
+        self._group_id = group_id
+        self._http: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        store = self._store
+        if store is None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            store = open_store(self.settings)
+        self.runner = StoreRunner(store)
+        await self.runner.run(apply_schema, store)
+        options = client_options_from_env()
+        kwargs: dict[str, Any] = {"sink_topics": self._topics, "config": self._writer_config, "consumer_options": options}
+        if self._group_id:
+            kwargs["group_id"] = self._group_id
+        self.writer = SinkWriter(self.runner, self.settings.bootstrap, **kwargs)
+        await self.writer.start()
+        rules = load_rules(self.settings.rules_path)
+        live = self._live if self.live_status is None else self.live_status
+        app = make_app(self.runner, live, rules)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        port = self._http.addresses[0][1] if self._http.addresses else self.settings.http_port
+        self.http_url = f"http://{self.settings.http_host}:{port}"
+        self.settings.worker_file.parent.mkdir(parents=True, exist_ok=True)
+        self.settings.worker_file.write_text(json.dumps({"pid": os.getpid(), "http_url": self.http_url}))
+        log.info("sink.started", http_url=self.http_url, **self.settings.describe())
+
+    def _live(self) -> dict[str, Any]:
+        return {"sink": self.stats()}
+
+    def stats(self) -> dict[str, Any]:
+        if self.writer is None:
+            return {}
+        s = self.writer.stats
+        return {"rows_written": s.rows_written, "rows_rejected": s.rows_rejected, "duplicates_dropped": s.duplicates_dropped,
+                "bad_messages": s.bad_messages, "flushes": s.flushes, "failures": s.failures, "paused": s.paused}
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self.writer is not None:
+            await self.writer.stop()
+        if self.runner is not None:
+            await self.runner.run(self.runner.store.close)
+            self.runner.shutdown()
+        try:
+            current = json.loads(self.settings.worker_file.read_text())
+            if current.get("pid") == os.getpid():
+                self.settings.worker_file.unlink()
+        except (OSError, ValueError):
+            pass
+        log.info("sink.stopped")
