@@ -120,13 +120,14 @@ def _truncate_longest(system: list[Message], turns: list[Message], max_tokens: i
         excess = est.messages(system) + est.messages(turns) - max_tokens
         if excess <= 0:
             return
-        editable = [m for m in turns if isinstance(m.get("content"), str) and len(m["content"]) > _MIN_TRUNCATED_CHARS]
+        limit = _MIN_TRUNCATED_CHARS + len(_ELLIPSIS)
+        editable = [m for m in turns if isinstance(m.get("content"), str) and len(m["content"]) > limit]
         if not editable:
             return
         longest = max(editable, key=lambda m: len(m["content"]))
         content: str = longest["content"]
         keep = max(_MIN_TRUNCATED_CHARS, len(content) - int(excess * cpt) - len(_ELLIPSIS) - 1)
-        longest["content"] = content[:keep] + _ELLIPSIS
+        longest["content"] = content[:keep] + _ELLIPSIS  # strictly shorter: len(content) > limit >= new length
 
 
 Tier = Literal["none", "moderate", "aggressive"]
