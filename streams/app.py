@@ -10,11 +10,13 @@ partitions. Policies are re-read from the start of the compacted topic at every 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
 import faust
 import structlog
+import msgspec
 from msgspec import to_builtins
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -72,6 +74,7 @@ class Processor:
         batch_max: int = 5_000,
         batch_within: float = 0.005,
         web_port: int | None = None,
+        status_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self.config = config or load_rules(settings.rules_path)
@@ -102,6 +105,10 @@ class Processor:
             web_host="127.0.0.1",
             producer_linger_ms=1,
             broker_commit_interval=1.0,
+            # a worker killed with -9 leaves its group member behind until the session times out;
+            # the broker's minimum (6 s) bounds how long a restarted worker waits for its partitions
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=2.0,
             stream_buffer_maxsize=max(4096, batch_max * 2),
         )
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -110,7 +117,7 @@ class Processor:
         self.control_topic = app.topic(self.names[CONTROL], **raw)
         self.deadletter_topic = app.topic(self.names[DEADLETTER], **raw)
         self.rollup_topic = app.topic(self.names[ROLLUPS], partitions=1, **raw)
-        table = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        table = {"key_type": bytes, "value_type": bytes}
         self.state_table = app.Table("processor-state", partitions=settings.partitions, **table)
         self.merger_table = app.Table("merger-state", partitions=1, **table)
         if settings.role in ("all", "processor"):
@@ -118,6 +125,9 @@ class Processor:
             app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
             app.timer(rollup_interval)(self._flush_rollups)
             app.task(self._policy_task)
+            if status_file is not None:
+                self.status_file = status_file
+                app.timer(1.0)(self._write_status)
         else:
             self.policies_ready.set()
 
@@ -235,6 +245,12 @@ class Processor:
         self.merger.set_config(config)
         log.info("policy.applied", scope=policy.scope, subject=policy.subject, version=config.version,
                  policy_id=policy.policy_id, deleted=policy.deleted)
+
+    async def _write_status(self) -> None:
+        """`processor.json` next to the state: what `live_status()` says, for the CLI and tests."""
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(self.live_status()))
+        tmp.replace(self.status_file)
 
     # --- status --------------------------------------------------------------------------------
 

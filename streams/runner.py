@@ -48,7 +48,7 @@ class SinkHost(Service):
 
 
 def build(settings: WorkerSettings, topic_prefix: str = "") -> tuple[Processor, list[Service]]:
-    processor = Processor(settings, topic_prefix=topic_prefix)
+    processor = Processor(settings, topic_prefix=topic_prefix, status_file=settings.data_dir / "processor.json")
     services: list[Service] = []
     if settings.role in ("all", "sink"):
         services.append(SinkHost(settings, processor if settings.role == "all" else None))
@@ -58,6 +58,7 @@ def build(settings: WorkerSettings, topic_prefix: str = "") -> tuple[Processor, 
 def run(settings: WorkerSettings, topic_prefix: str = "") -> None:
     """Blocks until SIGINT/SIGTERM; Faust's worker handles the signals and a clean stop."""
     asyncio.run(ensure_topics(settings.bootstrap, settings.partitions, topic_prefix, **client_options_from_env()))
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     processor, services = build(settings, topic_prefix)
     log.info("worker.starting", **settings.describe())
     worker = faust.Worker(
