@@ -123,7 +123,9 @@ class ControlSubscriber:
             await consumer.start()
             partitions = self._partitions
             if partitions is None:
-                found = await consumer.partitions_for_topic(self._topic)
+                # the consumer's public topics() discards the partition counts it fetched
+                cluster = await consumer._client.fetch_all_metadata()
+                found = cluster.partitions_for_topic(self._topic)
                 if not found:
                     raise ConnectionError(f"topic {self._topic} has no partitions (does it exist?)")
                 partitions = len(found)
