@@ -1,0 +1,40 @@
+"""`budgetwarden bench sink`: the sink's throughput next to a bare chDB INSERT, and query times."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import msgspec
+import typer
+
+from ops.commands.bench import bench_app
+from ops.commands.common import err_console
+
+__all__ = ["register"]
+
+
+@bench_app.command("sink")
+def bench_sink(
+    rows: Annotated[int, typer.Option("--rows", min=1000, help="Events through Kafka -> writer -> chDB.")] = 300_000,
+    query_rows: Annotated[int, typer.Option("--query-rows", min=0, help="Events generated in chDB for the query timings (0 skips).")] = 10_000_000,
+    per_message: Annotated[int, typer.Option("--per-message", min=1, max=5000, help="Events per Kafka message (1 = singles; >1 = usage_batch envelopes).")] = 1,
+    bootstrap: Annotated[str | None, typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP", help="Use this broker instead of a throwaway one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Rows/s from Kafka into chDB through the writer vs one bare INSERT; attribution query times."""
+    from ops.bench.sink import run
+
+    result = run(rows, query_rows, per_message, bootstrap, lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        return
+    print(f"sink:  {result['sink_rows_per_s']:>10,} rows/s  ({result['rows']:,} rows in {result['sink_seconds']} s, "
+          f"{per_message} event(s)/message)")
+    print(f"bare:  {result['bare_insert_rows_per_s']:>10,} rows/s  (one INSERT of the same rows)")
+    print(f"ratio: {result['ratio_vs_bare']} x bare   targets: >= 100,000 rows/s and >= 0.7 x bare")
+    for name, seconds in result["query_seconds"].items():
+        print(f"  {name:<26} {seconds:>7.3f} s over {result.get('query_rows', 0):,} events")
+
+
+def register(app: typer.Typer) -> None:
+    """The command is attached to `bench_app` at import; nothing else to add."""

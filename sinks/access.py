@@ -1,0 +1,114 @@
+"""How a CLI process reaches the data: the owner's HTTP API when a worker holds the store,
+else the store itself (chDB directly, or the server when CLICKHOUSE_URL is set).
+
+chDB lets one process open a data directory, so a running worker is asked over HTTP; with a
+ClickHouse server every process may connect, so the CLI goes straight to it.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import psutil
+
+from sinks import queries as q
+from sinks.sqlguard import check_read_only
+from sinks.store import Store, apply_schema, open_store
+from streams.rules_config import load_rules
+from streams.settings import WorkerSettings
+
+
+class AccessError(RuntimeError):
+    pass
+
+
+def owner_url(settings: WorkerSettings) -> str | None:
+    """The running owner's API URL, or None when no live worker holds the store."""
+    try:
+        info = json.loads(settings.worker_file.read_text())
+        pid, url = int(info["pid"]), str(info["http_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if psutil.pid_exists(pid) else None
+
+
+class ApiAccess:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def get(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=60) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace")
+            try:
+                body = json.loads(body).get("error", body)
+            except ValueError:
+                pass
+            raise AccessError(f"{path}: {body}") from None
+        except urllib.error.URLError as exc:
+            raise AccessError(f"cannot reach the worker at {self.url}: {exc.reason}") from None
+
+
+class Access:
+    """The query commands' one entry point; `via` says which path was taken."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+        url = None if settings.clickhouse_url else owner_url(settings)
+        self.api = ApiAccess(url) if url else None
+        self.via = "api" if url else ("server" if settings.clickhouse_url else "chdb")
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            try:
+                self._store = open_store(self.settings)
+            except Exception as exc:
+                raise AccessError(f"cannot open the store ({exc}); is another process holding it?") from None
+            apply_schema(self._store)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def _filters(self, filters: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in filters.items() if v}
+
+    def top(self, by: str, period: str, limit: int, filters: dict[str, str]) -> Any:
+        if self.api:
+            return self.api.get("/api/top", by=by, period=period, limit=limit, **self._filters(filters))
+        return q.top(self.store, by, period, limit, self._filters(filters))
+
+    def usage(self, period: str, by: str, limit: int, filters: dict[str, str]) -> Any:
+        if self.api:
+            return self.api.get("/api/usage", period=period, by=by, limit=limit, **self._filters(filters))
+        return q.usage(self.store, period, by, limit, self._filters(filters))
+
+    def status(self) -> Any:
+        if self.api:
+            return self.api.get("/api/status")
+        return q.budget_status(self.store, load_rules(self.settings.rules_path))
+
+    def report(self, period: str) -> Any:
+        if self.api:
+            return self.api.get("/api/report", period=period)
+        return q.report(self.store, period)
+
+    def waste(self, period: str) -> Any:
+        if self.api:
+            return self.api.get("/api/waste", period=period)
+        return q.waste(self.store, period)
+
+    def sql(self, text: str) -> list[dict[str, Any]]:
+        statement = check_read_only(text)
+        if self.api:
+            return self.api.get("/api/sql", q=statement)["rows"]
+        return self.store.query(statement, None, True)

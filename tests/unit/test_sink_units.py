@@ -1,0 +1,116 @@
+"""Pure parts of the sink: the read-only SQL guard, row pricing, the recent-id filter,
+periods, and the insert shapes the clickhouse-connect backend sends (at the client level)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from schemas.contract import UsageEvent
+from schemas.pricing import PriceCatalog
+from sinks.batch import RecentIds
+from sinks.periods import window
+from sinks.rows import USAGE_COLUMNS, usage_row
+from sinks.server_store import ServerStore
+from sinks.sqlguard import RefusedSQL, check_read_only
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1", " with x as (select 1) select * from x ;", "SHOW TABLES",
+                                 "DESCRIBE TABLE t", "-- note\nSELECT 2", "/* c */ select 3"])
+def test_guard_allows_reads(sql: str) -> None:
+    assert not check_read_only(sql).endswith(";")
+
+
+@pytest.mark.parametrize("sql", ["DROP TABLE t", "insert into t values (1)", "SELECT 1; DROP TABLE t", "",
+                                 "ALTER TABLE t DELETE WHERE 1", "/* SELECT */ TRUNCATE t", "OPTIMIZE TABLE t FINAL"])
+def test_guard_refuses_everything_else(sql: str) -> None:
+    with pytest.raises(RefusedSQL):
+        check_read_only(sql)
+
+
+def test_usage_row_prices_like_the_catalog() -> None:
+    catalog = PriceCatalog.default()
+    e = UsageEvent(event_id="e", ts_ms=1_767_225_600_000, agent_id="a", model="claude-3-5-sonnet", provider="anthropic",
+                   input_tokens=2000, output_tokens=1000, cache_read_tokens=10_000, cache_write_tokens=4000,
+                   cache_write_1h_tokens=1000)
+    row = dict(zip(USAGE_COLUMNS, usage_row(e, catalog, 3, 42, 7)))
+    priced = catalog.price(e.model, e.provider, e.ts_ms, 2000, 1000, 10_000, 4000, 1000)
+    assert row["nano_usd"] == priced.nano_usd and row["price_version"] == priced.price_version
+    assert row["cache_savings_nano"] == 10_000 * (3000 - 300)
+    assert row["cache_write_premium_nano"] == 4000 * (3750 - 3000) + 1000 * (6000 - 3000)
+    assert row["tokens"] == 18_000 and row["unpriced"] == 0 and row["kafka_offset"] == 42
+    unknown = dict(zip(USAGE_COLUMNS, usage_row(UsageEvent(event_id="u", ts_ms=e.ts_ms, agent_id="a", model="nope",
+                                                            input_tokens=5), catalog, 0, 0, 0)))
+    assert (unknown["nano_usd"], unknown["unpriced"], unknown["input_tokens"]) == (0, 1, 5)
+
+
+def test_recent_ids_is_bounded() -> None:
+    ids = RecentIds(3)
+    assert [ids.add(x) for x in "abca"] == [True, True, True, False]
+    ids.add("d")  # evicts "a"
+    assert len(ids) == 3 and ids.add("a")
+    ids.forget(["a"])
+    assert ids.add("a")
+
+
+def test_periods() -> None:
+    now = 1_767_268_800_000  # Thursday 2026-01-01 12:00 UTC
+    day = window("day", now)
+    assert (day.start_ms, day.period_end_ms) == (1_767_225_600_000, 1_767_312_000_000)
+    assert window("week", now).start_ms == 1_767_225_600_000 - 3 * 86_400_000
+    assert day.previous().start_ms == day.start_ms - 86_400_000
+    with pytest.raises(ValueError, match="period"):
+        window("year", now)
+
+
+class RecordingClient:
+    """Stands in for clickhouse_connect's client object (no network)."""
+
+    database = "analytics"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def insert(self, table: str, data: Any, **kw: Any) -> None:
+        self.calls.append(("insert", (table, data), kw))
+
+    def query(self, sql: str, **kw: Any) -> Any:
+        self.calls.append(("query", sql, kw))
+
+        class Result:
+            def named_results(self) -> list[dict[str, Any]]:
+                return [{"n": 1}]
+
+        return Result()
+
+    def command(self, sql: str) -> None:
+        self.calls.append(("command", sql, {}))
+
+
+def test_server_store_insert_shape() -> None:
+    client = RecordingClient()
+    store = ServerStore("clickhouse://u:p@h/analytics", client=client)
+    rows = [("e1", 1), ("e2", 2)]
+    store.insert("usage_events", ("event_id", "ts_ms"), rows)
+    kind, (table, data), kw = client.calls[0]
+    assert (kind, table, data) == ("insert", "usage_events", rows)
+    assert kw == {"column_names": ["event_id", "ts_ms"], "database": "analytics"}
+    store.insert("usage_events", ("event_id",), [])  # nothing sent for an empty batch
+    assert len(client.calls) == 1
+    assert store.query("SELECT {a:UInt8} AS n", {"a": 1}, readonly=True) == [{"n": 1}]
+    assert client.calls[1][2] == {"parameters": {"a": 1}, "settings": {"readonly": 1}}
+
+
+@pytest.mark.skipif(not os.environ.get("CLICKHOUSE_URL"), reason="CLICKHOUSE_URL not set: no ClickHouse server to run the contract test against")
+def test_server_store_contract() -> None:
+    from sinks.store import apply_schema
+
+    store = ServerStore(os.environ["CLICKHOUSE_URL"])
+    apply_schema(store)
+    catalog = PriceCatalog.default()
+    e = UsageEvent(event_id="contract-1", ts_ms=1_767_225_600_000, agent_id="contract", model="gpt-4o", input_tokens=1000)
+    store.insert("usage_events", USAGE_COLUMNS, [usage_row(e, catalog, 0, 0, 0)] * 2)
+    rows = store.query(f"SELECT count() AS n, sum(nano_usd) AS c FROM {store.database}.usage_events FINAL WHERE agent_id = {{a:String}}", {"a": "contract"})
+    assert int(rows[0]["n"]) == 1 and int(rows[0]["c"]) == 2_500_000
+    store.close()
