@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from schemas.contract import UsageEvent
+from schemas.contract import ControlCommand, UsageEvent
 from streams.client.client import BudgetClient, TaskScope
 
 T = TypeVar("T")
@@ -101,6 +101,13 @@ class SyncBudgetClient:
 
     def model_for(self, model: str) -> str:
         return self.client.model_for(model)
+
+    def handle_command(self, cmd: ControlCommand) -> None:
+        """Apply an (already admitted) command on the client's loop, as the subscriber does."""
+        self._call(self._apply(cmd))
+
+    async def _apply(self, cmd: ControlCommand) -> None:
+        self.client.handle_command(cmd)
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         return self._call(self.client.flush(timeout_s))
