@@ -157,9 +157,12 @@ class Processor:
                         offset=letter.offset)
             self.deadletter_topic.send_soon(key=key, value=encode(letter))
         await self._publish(out.decisions, out.commands)
+        self._write_state(out.writes)
+
+    def _write_state(self, writes: list[tuple[int, bytes, bytes]]) -> None:
         data = self.state_table.data
         send = self.state_table.send_changelog
-        for partition, key, value in out.writes:
+        for partition, key, value in writes:
             data[key] = value
             send(partition, key, value, key_serializer="raw", value_serializer="raw")
 
@@ -178,6 +181,7 @@ class Processor:
                      limit=d.limit, decision_id=d.decision_id)
 
     async def _flush_rollups(self) -> None:
+        self._write_state(self.engine.take_seen())
         for rollup in self.engine.take_rollups():
             self.rollup_topic.send_soon(key=b"rollup", value=encode_state(rollup), partition=0)
             self.stats["rollups"] += 1

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from schemas.codec import BadInput, UsageDecoder
 from schemas.contract import ControlCommand, Decision, DeadLetter, Limits, UsageEvent
 from schemas.pricing import PriceCatalog
@@ -28,8 +30,11 @@ from streams.state import (
     AgentState,
     DimState,
     Rollup,
+    TaskState,
     decode_agent,
     decode_dim,
+    decode_seen,
+    decode_task,
     encode_state,
     id_hash,
     position,
@@ -38,6 +43,8 @@ from streams.windows import DayCalendar
 
 AGENT_PREFIX = b"a|"
 DIM_PREFIX = b"d|"
+TASK_PREFIX = b"t|"
+SEEN_PREFIX = b"s|"
 RECENT_DECISIONS = 100
 
 
@@ -62,6 +69,10 @@ class EngineOutput:
 
 def agent_key(agent_id: str) -> bytes:
     return AGENT_PREFIX + agent_id.encode()
+
+
+def task_key(agent_id: str, task_id: str) -> bytes:
+    return b"%b%b\x00%b" % (TASK_PREFIX, agent_id.encode(), task_id.encode())
 
 
 def dim_key(partition: int, dim: str, subject: str) -> bytes:
@@ -94,6 +105,7 @@ class Engine:
         self.recent: deque[Decision] = deque(maxlen=RECENT_DECISIONS)
         self._dirty_dims: dict[tuple[int, str, str], DimState] = {}
         self._dirty_infos: dict[int, dict[str, AgentInfo]] = {}
+        self._dirty_seen: dict[str, tuple[AgentState, int]] = {}
         self._decode = UsageDecoder(now_ms).decode
         self.set_config(config)
 
@@ -113,15 +125,26 @@ class Engine:
     def restore(self, items: Iterable[tuple[bytes, bytes]]) -> int:
         """Load records recovered from the changelog; every dimension is re-announced to the merger."""
         n = 0
+        tasks: list[tuple[str, str, TaskState]] = []
+        seen: list[tuple[str, dict[int, int]]] = []
         for key, value in items:
             if key.startswith(AGENT_PREFIX):
                 state = decode_agent(value)
                 self.agents[state.agent_id] = state
+            elif key.startswith(SEEN_PREFIX):
+                seen.append((key[len(SEEN_PREFIX):].decode(), decode_seen(value)))
+            elif key.startswith(TASK_PREFIX):
+                agent_id, _, task_id = key[len(TASK_PREFIX):].decode().partition("\x00")
+                tasks.append((agent_id, task_id, decode_task(value)))
             elif key.startswith(DIM_PREFIX):
                 dim = decode_dim(value)
                 self.dims[(dim.partition, dim.dim, dim.subject)] = self._dirty_dims[
                     (dim.partition, dim.dim, dim.subject)] = dim
             n += 1
+        for agent_id, task_id, task in tasks:  # after their agents, whatever the order of the changelog
+            self.agents.setdefault(agent_id, AgentState(agent_id=agent_id)).tasks[task_id] = task
+        for agent_id, ids in seen:
+            self.agents.setdefault(agent_id, AgentState(agent_id=agent_id)).seen = ids
         return n
 
     # --- the hot path ----------------------------------------------------------------------
@@ -131,6 +154,7 @@ class Engine:
         touched: dict[str, tuple[AgentState, int, str]] = {}  # agent → (state, max ts, last event id)
         seen_agents: dict[str, tuple[AgentState, int]] = {}  # agent → (state, partition) to persist
         seen_dims: dict[tuple[int, str, str], DimState] = {}
+        self._touched_tasks: dict[tuple[str, str], tuple[TaskState, int]] = {}
         price = self.catalog.price
         calendar = self.calendar
         em = self.emitter
@@ -166,7 +190,7 @@ class Engine:
                 if gate:
                     out.counted += 1
                     agent.remember(h, pos)
-                    self._count_agent(agent, ev, tokens, nano, out)
+                    self._count_agent(agent, ev, tokens, nano, out, p)
                     prev = touched.get(agent_id)
                     touched[agent_id] = (agent, ts if prev is None or ts > prev[1] else prev[1], ev.event_id)
                 for dkey in ((p, "global", "global"), (p, "model", ev.model), (p, "user", ev.user_id), (p, "team", ev.team)):
@@ -196,15 +220,19 @@ class Engine:
             for d in agent_decisions(em, agent, self.limits(agent.agent_id), at_ms, trigger):
                 self._decided(d, out, expires_ms=agent.counter.day_end)
         for agent_id, (agent, p) in seen_agents.items():
-            out.writes.append((p, agent_key(agent_id), encode_state(agent)))
+            # tasks are records of their own: a batch rewrites only the tasks it touched
+            out.writes.append((p, agent_key(agent_id), encode_state(msgspec.structs.replace(agent, tasks={}, seen={}))))
+            self._dirty_seen[agent_id] = (agent, p)
             self._dirty_infos.setdefault(p, {})[agent_id] = AgentInfo(
                 agent_id=agent_id, criticality=agent.criticality, team=agent.team, last_ts=agent.counter.last_ts)
+        for (agent_id, task_id), (task, p) in self._touched_tasks.items():
+            out.writes.append((p, task_key(agent_id, task_id), encode_state(task)))
         for dkey, dim in seen_dims.items():
             out.writes.append((dkey[0], dim_key(*dkey), encode_state(dim)))
             self._dirty_dims[dkey] = dim
         return out
 
-    def _count_agent(self, agent: AgentState, ev: UsageEvent, tokens: int, nano: int, out: EngineOutput) -> None:
+    def _count_agent(self, agent: AgentState, ev: UsageEvent, tokens: int, nano: int, out: EngineOutput, p: int) -> None:
         agent.events += 1
         agent.counter.add(ev.ts_ms, tokens, nano, self.calendar)
         limits = self.limits(agent.agent_id)
@@ -217,6 +245,7 @@ class Engine:
         if not ev.task_id:
             return
         task = agent.task(ev.task_id, ev.ts_ms)
+        self._touched_tasks[(agent.agent_id, ev.task_id)] = (task, p)
         task.events += 1
         task.tokens += tokens
         task.nano += nano
@@ -243,6 +272,17 @@ class Engine:
         out.commands.extend(commands_for(decision, expires_ms=expires_ms, control_key=self.control_key))
 
     # --- to the merger and the dashboard ----------------------------------------------------
+
+    def take_seen(self) -> list[tuple[int, bytes, bytes]]:
+        """Recent-id sets changed since the last call, as records to write.
+
+        They are written every flush interval rather than every batch: they are the largest
+        part of an agent's state, and replays after a crash are deduped by offset watermarks
+        anyway; what a lost interval costs is missing a producer's duplicate sent across a crash.
+        """
+        writes = [(p, SEEN_PREFIX + a.encode(), encode_state(agent.seen)) for a, (agent, p) in self._dirty_seen.items()]
+        self._dirty_seen = {}
+        return writes
 
     def take_rollups(self) -> list[Rollup]:
         """Snapshots of the subjects changed since the last call, one Rollup per source partition."""

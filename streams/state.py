@@ -16,7 +16,7 @@ from msgspec import Struct
 
 from streams.windows import Counter
 
-SEEN_CAP = 1024  # recent event ids remembered per agent
+SEEN_CAP = 512  # recent event ids remembered per agent (producer retries; replays use offsets)
 TASKS_CAP = 256  # live tasks remembered per agent (least recently active evicted)
 SESSIONS_CAP = 64
 FIRED_CAP = 512
@@ -136,11 +136,13 @@ class Rollup(Struct, tag="rollup", tag_field="type", array_like=True):
 _agent_encoder = msgspec.msgpack.Encoder()
 _agent_decoder = msgspec.msgpack.Decoder(AgentState)
 _dim_decoder = msgspec.msgpack.Decoder(DimState)
+_task_decoder = msgspec.msgpack.Decoder(TaskState)
+_seen_decoder = msgspec.msgpack.Decoder(dict[int, int])
 _rollup_decoder = msgspec.msgpack.Decoder(Rollup)
 _info_decoder = msgspec.msgpack.Decoder(AgentInfo)
 
 
-def encode_state(state: Struct) -> bytes:
+def encode_state(state: Struct | dict[int, int]) -> bytes:
     return _agent_encoder.encode(state)
 
 
@@ -150,6 +152,14 @@ def decode_agent(raw: bytes) -> AgentState:
 
 def decode_dim(raw: bytes) -> DimState:
     return _dim_decoder.decode(raw)
+
+
+def decode_seen(raw: bytes) -> dict[int, int]:
+    return _seen_decoder.decode(raw)
+
+
+def decode_task(raw: bytes) -> TaskState:
+    return _task_decoder.decode(raw)
 
 
 def decode_rollup(raw: bytes) -> Rollup:
