@@ -44,8 +44,8 @@ def _free_or(port: int) -> int:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
         try:
-            sock.bind(("127.0.0.1", port))
-            return port
+            sock.bind(("127.0.0.1", port))  # port 0: any free one
+            return int(sock.getsockname()[1])
         except OSError:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
