@@ -1,0 +1,34 @@
+"""Operator control commands: shape, signing, one-line errors."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ops.cli import app
+from ops.control_cli import build_command
+from schemas.signing import verify
+
+
+def test_downgrade_is_signed_with_the_key_and_carries_the_model() -> None:
+    cmd = build_command("downgrade_model", "research-agent", model="gpt-4o-mini", expires_in_s=60, key=b"k")
+    assert cmd.command == "downgrade_model" and cmd.model == "gpt-4o-mini"
+    assert cmd.expires_ms == cmd.ts_ms + 60_000
+    assert cmd.decision_id.startswith("manual-")
+    assert verify(cmd, b"k") and not verify(cmd, b"other")
+
+
+def test_unsigned_without_a_key() -> None:
+    assert build_command("pause_agent", "a").sig == ""
+
+
+@pytest.mark.parametrize(("command", "field"), [("kill_task", "--task"), ("downgrade_model", "--model")])
+def test_missing_target_is_refused(command: str, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        build_command(command, "a")
+
+
+def test_cli_reports_an_unreachable_broker_in_one_line() -> None:
+    result = CliRunner().invoke(app, ["control", "pause", "--agent", "a", "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: could not send to 127.0.0.1:1")
+    assert "Traceback" not in result.output
