@@ -201,7 +201,7 @@ class Probe:
 
     agent_id = "soak-probe"
 
-    def __init__(self, bootstrap: str, started: float, timeout_s: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, started: float, timeout_s: float = 30.0) -> None:
         self._bootstrap = bootstrap
         self._started = started
         self._timeout_s = timeout_s
@@ -458,6 +458,10 @@ def write_chart(soak: dict[str, Any], path: Path) -> None:
         value = summary[f"latency_{q}_ms"]
         if value is not None:
             lat.axhline(value, ls="--", lw=1, color="C1" if q == "p50" else "C3", label=f"{q} {value:.0f} ms")
+    missed = [p["t_s"] for p in probes if p["latency_ms"] is None]
+    if missed:
+        top = max([h[1] for h in hit], default=1000.0)
+        lat.scatter(missed, [top] * len(missed), marker="x", color="C3", s=14, label=f"no kill within 30 s ({len(missed)})")
     lat.set_ylabel("decision latency (ms)")
     lat.legend(loc="upper right")
     for group in (PROCESSOR_GROUP, SINK_GROUP):
