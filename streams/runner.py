@@ -24,20 +24,25 @@ log = structlog.get_logger(__name__)
 class SinkHost(Service):
     """Starts the sink with the worker and stops it before the worker exits."""
 
-    def __init__(self, settings: WorkerSettings, processor: Processor | None, **kwargs: Any) -> None:
+    def __init__(self, settings: WorkerSettings, processor: Processor | None, topic_prefix: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.processor = processor
+        self.topic_prefix = topic_prefix
         self.sink: Any = None
 
     async def on_start(self) -> None:
         try:
             from sinks.service import SinkService
+            from sinks.writer import SinkTopics
         except ImportError as err:
             log.warning("sink.unavailable", error=str(err))
             return
         live = self.processor.live_status if self.processor is not None else None
-        self.sink = SinkService(self.settings, live_status=live)
+        # the sink follows the processor's topics, in a consumer group of its own per app id
+        topics = SinkTopics(*(self.topic_prefix + name for name in SinkTopics().all()))
+        self.sink = SinkService(self.settings, live_status=live, sink_topics=topics,
+                                group_id=f"{self.settings.app_id}-sink")
         await self.sink.start()
         log.info("sink.started")
 
@@ -51,7 +56,7 @@ def build(settings: WorkerSettings, topic_prefix: str = "") -> tuple[Processor, 
     processor = Processor(settings, topic_prefix=topic_prefix, status_file=settings.data_dir / "processor.json")
     services: list[Service] = []
     if settings.role in ("all", "sink"):
-        services.append(SinkHost(settings, processor if settings.role == "all" else None))
+        services.append(SinkHost(settings, processor if settings.role == "all" else None, topic_prefix))
     return processor, services
 
 

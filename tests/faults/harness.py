@@ -254,6 +254,12 @@ class WorkerProcess:
     def status(self) -> dict[str, Any]:
         return json.loads((self.data_dir / "processor.json").read_text())
 
+    async def status_when(self, check: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0) -> dict[str, Any]:
+        async def fetch() -> dict[str, Any]:
+            return self.status()
+
+        return await eventually(fetch, check, timeout_s)
+
     async def sql(self, query: str) -> list[dict[str, Any]]:
         async with aiohttp.ClientSession() as session:
             async with session.get(self.http_url + "/api/sql", params={"q": query}) as resp:
@@ -278,14 +284,18 @@ class WorkerProcess:
         async def fetch() -> dict[str, tuple[int, int]]:
             return processor_totals(self.status())
 
-        return await eventually(fetch, lambda got: got == truth.totals(), timeout_s)
+        got = await eventually(fetch, lambda got: got == truth.totals(), timeout_s)
+        assert got == truth.totals(), "processor totals differ from what was sent"
+        return got
 
     async def store_matches(self, truth: Truth, timeout_s: float = 40.0) -> tuple[dict[str, tuple[int, int]], int]:
         async def fetch() -> tuple[dict[str, tuple[int, int]], int]:
             rows = await self.sql(STORE_TOTALS)
             return store_totals(rows), store_count(rows)
 
-        return await eventually(fetch, lambda got: got == (truth.totals(), len(truth.ids)), timeout_s)
+        got = await eventually(fetch, lambda got: got == (truth.totals(), len(truth.ids)), timeout_s)
+        assert got == (truth.totals(), len(truth.ids)), "ClickHouse totals / row count differ from what was sent"
+        return got
 
     async def decision_ids(self) -> list[str]:
         """Every decision on the topic, in order (read_committed under exactly_once)."""
@@ -297,6 +307,21 @@ class WorkerProcess:
             return [r["decision_id"] for r in await self.sql("SELECT decision_id FROM budgetwarden.decisions FINAL")]
 
         return await eventually(fetch, lambda got: len(got) >= expected, timeout_s)
+
+    async def decisions_unique(self, strict: bool) -> int:
+        """Decisions were made, ClickHouse holds each once, and the topic repeats none when `strict`.
+
+        At-least-once may re-publish a decision a crash interrupted, with the SAME id (ids are
+        deterministic), which the idempotent sink absorbs; exactly-once must not repeat it at all.
+        Returns how many repeats the topic holds."""
+        published = await self.decision_ids()
+        unique = set(published)
+        assert unique, "the fleet's budgets should have produced decisions"
+        if strict:
+            assert len(published) == len(unique), "a decision was published twice"
+        stored = await self.stored_decision_ids(len(unique))
+        assert sorted(stored) == sorted(unique), "ClickHouse should hold every published decision exactly once"
+        return len(published) - len(unique)
 
     @property
     def usage_topic(self) -> str:
