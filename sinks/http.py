@@ -14,6 +14,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from sinks import dashboard_queries as dq
 from sinks import queries as q
 from sinks.periods import PERIODS
 from sinks.sqlguard import RefusedSQL, check_read_only
@@ -90,6 +91,7 @@ def make_app(
     route("/api/cache", lambda r: (q.cache_report, (_period(r, "day"), _filters(r), _now(r))))
     route("/api/drift", lambda r: (q.model_drift, (_period(r, "week"), _filters(r), _now(r))))
     route("/api/burn", lambda r: (q.burn, (_now(r), _filters(r))))
+    route("/api/burn/minutes", lambda r: (dq.burn_minutes, (_int(r, "minutes", 60, 1, 1440), _now(r), _filters(r))))
     route("/api/decisions", lambda r: (q.decisions, (_int(r, "limit", 50), _period(r, "all"), _now(r))))
     route("/api/reprice", lambda r: (q.reprice, (r.query.get("catalog_version", ""), _period(r, "month"), _filters(r), _now(r))))
     route("/api/status", lambda r: (q.budget_status, (app[RULES_KEY] or load_rules(None), _now(r))))
