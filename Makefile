@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit venv kafka-fetch clean
+.PHONY: demo test test-unit venv kafka-fetch chromium clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ kafka-fetch: $(STAMP)
 demo: $(STAMP) kafka-fetch
 	$(VENV)/bin/budgetwarden demo $(DEMO_ARGS)
 
-test: $(STAMP) kafka-fetch
+# Debian's chromium for the dashboard's browser test (CI runs as root).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) kafka-fetch chromium
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
