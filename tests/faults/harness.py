@@ -129,7 +129,7 @@ def processor_totals(status: dict[str, Any]) -> dict[str, tuple[int, int]]:
 
 
 STORE_TOTALS = ("SELECT agent_id, toInt64(sum(tokens)) AS tokens, toInt64(sum(nano_usd)) AS nano, count() AS n "
-                "FROM budgetwarden.usage_events FINAL GROUP BY agent_id")
+                "FROM {db}.usage_events FINAL GROUP BY agent_id")
 
 
 def store_totals(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -185,6 +185,16 @@ async def eventually(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool
         if done(value) or time.monotonic() > deadline:
             return value
         await asyncio.sleep(every_s)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    """Poll a condition on this process's own objects; returns whether it came true."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 # --- the worker --------------------------------------------------------------------------------
@@ -281,47 +291,13 @@ class WorkerProcess:
     # the comparisons -------------------------------------------------------------------------
 
     async def processor_matches(self, truth: Truth, timeout_s: float = 40.0) -> dict[str, tuple[int, int]]:
-        async def fetch() -> dict[str, tuple[int, int]]:
-            return processor_totals(self.status())
-
-        got = await eventually(fetch, lambda got: got == truth.totals(), timeout_s)
-        assert got == truth.totals(), "processor totals differ from what was sent"
-        return got
+        return await processor_matches(self.status, truth, timeout_s)
 
     async def store_matches(self, truth: Truth, timeout_s: float = 40.0) -> tuple[dict[str, tuple[int, int]], int]:
-        async def fetch() -> tuple[dict[str, tuple[int, int]], int]:
-            rows = await self.sql(STORE_TOTALS)
-            return store_totals(rows), store_count(rows)
-
-        got = await eventually(fetch, lambda got: got == (truth.totals(), len(truth.ids)), timeout_s)
-        assert got == (truth.totals(), len(truth.ids)), "ClickHouse totals / row count differ from what was sent"
-        return got
-
-    async def decision_ids(self) -> list[str]:
-        """Every decision on the topic, in order (read_committed under exactly_once)."""
-        raw = await read_topic(self.bootstrap, self.prefix + DECISIONS, committed_only=self.exactly_once)
-        return [decode_decision(v).decision_id for v in raw]
-
-    async def stored_decision_ids(self, expected: int, timeout_s: float = 20.0) -> list[str]:
-        async def fetch() -> list[str]:
-            return [r["decision_id"] for r in await self.sql("SELECT decision_id FROM budgetwarden.decisions FINAL")]
-
-        return await eventually(fetch, lambda got: len(got) >= expected, timeout_s)
+        return await store_matches(self.sql, truth, timeout_s=timeout_s)
 
     async def decisions_unique(self, strict: bool) -> int:
-        """Decisions were made, ClickHouse holds each once, and the topic repeats none when `strict`.
-
-        At-least-once may re-publish a decision a crash interrupted, with the SAME id (ids are
-        deterministic), which the idempotent sink absorbs; exactly-once must not repeat it at all.
-        Returns how many repeats the topic holds."""
-        published = await self.decision_ids()
-        unique = set(published)
-        assert unique, "the fleet's budgets should have produced decisions"
-        if strict:
-            assert len(published) == len(unique), "a decision was published twice"
-        stored = await self.stored_decision_ids(len(unique))
-        assert sorted(stored) == sorted(unique), "ClickHouse should hold every published decision exactly once"
-        return len(published) - len(unique)
+        return await decisions_unique(self.bootstrap, self.prefix + DECISIONS, self.sql, strict)
 
     @property
     def usage_topic(self) -> str:
@@ -330,3 +306,50 @@ class WorkerProcess:
     @property
     def deadletter_topic(self) -> str:
         return self.prefix + DEADLETTER
+
+
+# --- the comparisons (processor status, any store reachable through `sql`) ---------------------
+
+Sql = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+async def processor_matches(status: Callable[[], dict[str, Any]], truth: Truth,
+                            timeout_s: float = 40.0) -> dict[str, tuple[int, int]]:
+    async def fetch() -> dict[str, tuple[int, int]]:
+        return processor_totals(status())
+
+    got = await eventually(fetch, lambda got: got == truth.totals(), timeout_s)
+    assert got == truth.totals(), "processor totals differ from what was sent"
+    return got
+
+
+async def store_matches(sql: Sql, truth: Truth, database: str = "budgetwarden",
+                        timeout_s: float = 40.0) -> tuple[dict[str, tuple[int, int]], int]:
+    async def fetch() -> tuple[dict[str, tuple[int, int]], int]:
+        rows = await sql(STORE_TOTALS.format(db=database))
+        return store_totals(rows), store_count(rows)
+
+    want = (truth.totals(), len(truth.ids))
+    got = await eventually(fetch, lambda got: got == want, timeout_s)
+    assert got == want, "ClickHouse totals / row count differ from what was sent"
+    return got
+
+
+async def decisions_unique(bootstrap: str, topic: str, sql: Sql, strict: bool, database: str = "budgetwarden") -> int:
+    """Decisions were made, ClickHouse holds each once, and the topic repeats none when `strict`.
+
+    At-least-once may re-publish a decision a crash interrupted, with the SAME id (ids are
+    deterministic), which the idempotent sink absorbs; exactly-once must not repeat it at all
+    (read with read_committed). Returns how many repeats the topic holds."""
+    published = [decode_decision(v).decision_id for v in await read_topic(bootstrap, topic, committed_only=strict)]
+    unique = set(published)
+    assert unique, "the fleet's budgets should have produced decisions"
+    if strict:
+        assert len(published) == len(unique), "a decision was published twice"
+
+    async def fetch() -> list[str]:
+        return [r["decision_id"] for r in await sql(f"SELECT decision_id FROM {database}.decisions FINAL")]
+
+    stored = await eventually(fetch, lambda got: len(got) >= len(unique), 20.0)
+    assert sorted(stored) == sorted(unique), "ClickHouse should hold every published decision exactly once"
+    return len(published) - len(unique)
