@@ -146,12 +146,13 @@ def prefix() -> str:
     return f"flt{uuid.uuid4().hex[:8]}."
 
 
-async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str | None, bytes]]) -> None:
+async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str | None, bytes]]) -> list[tuple[int, int]]:
+    """Sends in order; returns each message's (partition, offset)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key.encode() if key else None) for key, value in messages]
-        await asyncio.gather(*futures)
+        return [(meta.partition, meta.offset) for meta in await asyncio.gather(*futures)]
     finally:
         await producer.stop()
 
