@@ -249,17 +249,23 @@ function renderTasks(t, worst) {
 }
 
 // cache -------------------------------------------------------------------------------------
-function renderCache(c) {
-  const rows = (c.by_model || []).filter((r) => r.cache_read_tokens || r.cache_write_tokens || r.cache_write_1h_tokens);
-  const net = rows.reduce((s, r) => s + dollars(r.net_usd), 0);
-  setHTML("cache-net", rows.length ? `net <b class="${net >= 0 ? "pos" : "neg"}">${net >= 0 ? "+" : ""}${usd(net)}</b>` : "");
-  setHTML("cache", rows.map((r) => {
+function cacheRows(rows, attr) {
+  return rows.map((r) => {
     const hit = Math.round(100 * r.hit_rate);
-    return `<tr data-model="${esc(r.key)}"><td>${esc(r.key)}</td>
+    return `<tr ${attr}="${esc(r.key)}"><td>${esc(r.key)}</td>
       <td><span class="hitpct" style="--hit:${hit}%">${hit}%</span></td>
       <td class="pos">${usd(r.savings_usd)}</td><td>${usd(r.write_premium_usd)}</td>
       <td class="${r.paid_off ? "pos" : "neg"}"><b>${dollars(r.net_usd) >= 0 ? "+" : ""}${usd(r.net_usd)}</b></td></tr>`;
-  }).join("") || `<tr><td colspan="5" class="empty">No prompt caching seen today.</td></tr>`);
+  }).join("") || `<tr><td colspan="5" class="empty">No prompt caching seen today.</td></tr>`;
+}
+
+function renderCache(c) {
+  const cached = (r) => r.cache_read_tokens || r.cache_write_tokens || r.cache_write_1h_tokens;
+  const models = (c.by_model || []).filter(cached);
+  const net = models.reduce((s, r) => s + dollars(r.net_usd), 0);
+  setHTML("cache-net", models.length ? `net <b class="${net >= 0 ? "pos" : "neg"}">${net >= 0 ? "+" : ""}${usd(net)}</b>` : "");
+  setHTML("cache", cacheRows(models, "data-model"));
+  setHTML("cache-agents", cacheRows((c.by_agent || []).filter(cached), "data-cache-agent"));
 }
 
 // headline ----------------------------------------------------------------------------------
