@@ -31,3 +31,18 @@ def client_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]
 def describe(options: dict[str, Any]) -> dict[str, str]:
     """What is configured, safe to log."""
     return {k: ("set" if k in {"sasl_plain_password", "ssl_context"} else str(v)) for k, v in options.items()}
+
+
+def faust_credentials(options: dict[str, Any]) -> Any:
+    """The same settings as Faust `broker_credentials` (None for PLAINTEXT)."""
+    import faust
+
+    protocol = options.get("security_protocol", "PLAINTEXT")
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options.get("sasl_plain_username"), password=options.get("sasl_plain_password"),
+            ssl_context=options.get("ssl_context"), mechanism=options.get("sasl_mechanism"),
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None

@@ -54,3 +54,14 @@ def test_kafka_security_settings_come_from_env_and_describe_hides_password() -> 
                        "sasl_plain_username": "svc", "sasl_plain_password": "s3cret"}
     assert "s3cret" not in repr(describe(options))
     assert client_options_from_env({}) == {}
+
+
+def test_faust_gets_the_same_sasl_settings() -> None:
+    from ops.kafka.settings import faust_credentials
+
+    creds = faust_credentials(client_options_from_env({
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret"}))
+    assert (creds.username, creds.password, creds.mechanism.value) == ("svc", "s3cret", "SCRAM-SHA-256")
+    assert "s3cret" not in repr(creds)
+    assert faust_credentials({}) is None
