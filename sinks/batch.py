@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from sinks.rows import TABLE_COLUMNS, rejected
+from sinks.rows import TABLE_COLUMNS, USAGE_COLUMNS, UsageColumns, rejected
 from sinks.store import Store, StoreError
 
 Source = tuple[str, int, int, str]  # topic, partition, offset, event_id
@@ -46,24 +46,41 @@ class RecentIds:
         return len(self._ids)
 
 
+ROW_TABLES: tuple[str, ...] = tuple(t for t in TABLE_COLUMNS if t != "usage_events")
+
+
 @dataclass
 class Batch:
-    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {t: [] for t in TABLE_COLUMNS})
-    sources: dict[str, list[Source]] = field(default_factory=lambda: {t: [] for t in TABLE_COLUMNS})
+    """Usage events as columns (the bulk); the other tables as row tuples with their sources."""
+
+    usage: UsageColumns
+    usage_topic: str = ""
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {t: [] for t in ROW_TABLES})
+    sources: dict[str, list[Source]] = field(default_factory=lambda: {t: [] for t in ROW_TABLES})
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
     started_ms: int = 0
-    size: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.usage) + sum(len(rows) for rows in self.rows.values())
 
     def add(self, table: str, row: tuple[Any, ...], source: Source) -> None:
         self.rows[table].append(row)
         self.sources[table].append(source)
-        self.size += 1
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         self.offsets[(topic, partition)] = offset + 1
 
+    def absorb(self, newer: Batch) -> None:
+        """Append a later batch (a failed write keeps its rows in front of what came since)."""
+        self.usage.extend(newer.usage)
+        for table, rows in newer.rows.items():
+            self.rows[table].extend(rows)
+            self.sources[table].extend(newer.sources[table])
+        self.offsets.update(newer.offsets)
+
     def event_ids(self) -> list[str]:
-        return [row[0] for row in self.rows["usage_events"]]
+        return self.usage.event_ids()
 
 
 @dataclass
@@ -73,31 +90,57 @@ class WriteResult:
 
 
 def insert_bisecting(
-    store: Store, table: str, rows: list[tuple[Any, ...]], sources: list[Source], now_ms: int
+    store: Store, insert: Callable[[int, int], None], dead: Callable[[int, str], tuple[Any, ...]], lo: int, hi: int
 ) -> tuple[int, list[tuple[Any, ...]]]:
-    """Insert; when ClickHouse rejects the insert, split it until the bad rows are alone.
+    """`insert(lo, hi)`; when ClickHouse rejects it, split until the bad rows are alone.
 
-    Returns (rows written, dead-letter rows). A failing health probe means ClickHouse is
-    down rather than the data bad, and raises StoreUnavailable so nothing is dead-lettered.
+    Returns (rows written, dead-letter rows built by `dead(index, reason)`). A failing health
+    probe means ClickHouse is down rather than the data bad, and raises StoreUnavailable so
+    nothing is dead-lettered.
     """
-    if not rows:
+    if lo >= hi:
         return 0, []
     try:
-        store.insert(table, TABLE_COLUMNS[table], rows)
-        return len(rows), []
+        insert(lo, hi)
+        return hi - lo, []
     except StoreError as exc:
         probe(store)
-        if len(rows) == 1:
-            topic, partition, offset, event_id = sources[0]
-            if table == "usage_events":
-                event_id = rows[0][0]
-            raw = _json.encode(dict(zip(TABLE_COLUMNS[table], rows[0])))
-            reason = f"ClickHouse rejected the {table} row: {exc}"
-            return 0, [rejected(topic, partition, offset, raw, None, now_ms, reason, "", event_id)]
-    mid = len(rows) // 2
-    left = insert_bisecting(store, table, rows[:mid], sources[:mid], now_ms)
-    right = insert_bisecting(store, table, rows[mid:], sources[mid:], now_ms)
+        if hi - lo == 1:
+            return 0, [dead(lo, str(exc))]
+    mid = (lo + hi) // 2
+    left = insert_bisecting(store, insert, dead, lo, mid)
+    right = insert_bisecting(store, insert, dead, mid, hi)
     return left[0] + right[0], left[1] + right[1]
+
+
+def insert_rows(store: Store, table: str, rows: list[tuple[Any, ...]], sources: list[Source], now_ms: int) -> tuple[int, list[tuple[Any, ...]]]:
+    columns = TABLE_COLUMNS[table]
+
+    def insert(lo: int, hi: int) -> None:
+        store.insert(table, columns, rows[lo:hi])
+
+    def dead(i: int, error: str) -> tuple[Any, ...]:
+        topic, partition, offset, event_id = sources[i]
+        raw = _json.encode(dict(zip(columns, rows[i])))
+        return rejected(topic, partition, offset, raw, None, now_ms, f"ClickHouse rejected the {table} row: {error}", "", event_id)
+
+    return insert_bisecting(store, insert, dead, 0, len(rows))
+
+
+def insert_usage(store: Store, usage: UsageColumns, topic: str, now_ms: int) -> tuple[int, list[tuple[Any, ...]]]:
+    """One columnar INSERT of the batch's usage events (bisected by slicing the columns on rejection)."""
+    columns = usage.columns()
+
+    def insert(lo: int, hi: int) -> None:
+        part = columns if (lo, hi) == (0, len(usage)) else [c[lo:hi] for c in columns]
+        store.insert_columns("usage_events", USAGE_COLUMNS, part)
+
+    def dead(i: int, error: str) -> tuple[Any, ...]:
+        raw = _json.encode(dict(zip(USAGE_COLUMNS, (c[i] for c in columns))))
+        return rejected(topic, usage.partitions[i], usage.offsets[i], raw, None, now_ms,
+                        f"ClickHouse rejected the usage_events row: {error}", "", columns[0][i])
+
+    return insert_bisecting(store, insert, dead, 0, len(usage))
 
 
 def probe(store: Store) -> None:
@@ -109,19 +152,19 @@ def probe(store: Store) -> None:
 
 def write_batch(store: Store, batch: Batch, now_ms: Callable[[], int]) -> WriteResult:
     """Write every table of a batch (runs on the store thread). Dead letters are written last."""
-    written = 0
-    dead: list[tuple[Any, ...]] = list(batch.rows["dead_letters"])
-    dead_sources: list[Source] = list(batch.sources["dead_letters"])
-    rejected_count = 0
-    for table in TABLE_COLUMNS:
+    written, dead = insert_usage(store, batch.usage, batch.usage_topic, now_ms())
+    dead = list(dead)
+    rejected_count = len(dead)
+    for table in ROW_TABLES:
         if table == "dead_letters":
             continue
-        count, bad = insert_bisecting(store, table, batch.rows[table], batch.sources[table], now_ms())
+        count, bad = insert_rows(store, table, batch.rows[table], batch.sources[table], now_ms())
         written += count
         rejected_count += len(bad)
         dead.extend(bad)
-        dead_sources.extend((r[0], r[1], r[2], r[3]) for r in bad)
-    count, bad = insert_bisecting(store, "dead_letters", dead, dead_sources, now_ms())
+    dead_rows = batch.rows["dead_letters"] + dead
+    dead_sources = batch.sources["dead_letters"] + [(r[0], r[1], r[2], r[3]) for r in dead]
+    count, bad = insert_rows(store, "dead_letters", dead_rows, dead_sources, now_ms())
     if bad:
         raise StoreError(f"ClickHouse rejected {len(bad)} dead-letter rows: {bad[0][5]}")
     return WriteResult(written + count, rejected_count)

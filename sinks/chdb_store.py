@@ -12,23 +12,34 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 from chdb import session as chdb_session
 
 from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
 
 # Integers stay JSON numbers (ClickHouse quotes 64-bit ints by default).
 _SETTINGS = "output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0"
-# Parse large bodies on several threads (measured ~20% faster on 100k wide rows).
-_INSERT_SETTINGS = "input_format_parallel_parsing = 1, min_chunk_bytes_for_parallel_parsing = 1000000"
-_encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+_STRING_MAP = pa.map_(pa.string(), pa.string())
+
+
+def arrow_column(values: Sequence[Any]) -> pa.Array:
+    """One Python column as Arrow; the type follows the first value (str, int, or a str->str map)."""
+    first = values[0]
+    if isinstance(first, str):
+        return pa.array(values, pa.string())
+    if isinstance(first, dict):
+        return pa.array(values, _STRING_MAP)
+    return pa.array(values, pa.int64())
 
 
 class ChdbStore:
-    """`Store` on chDB. Inserts send one JSONCompactEachRow body (msgspec-encoded) per INSERT.
+    """`Store` on chDB. Inserts hand chDB an Arrow table: `INSERT ... SELECT * FROM Python(tbl)`.
 
-    Not `send_insert`: on chDB 4.4 a streamed insert that violates a CHECK constraint
-    reports success and writes nothing; the query path raises, so rejections are seen.
+    Columnar Arrow is parsed by nobody (about 6x less engine time than a JSONCompactEachRow
+    body through the query path at 200k usage rows) and, being the query path, a CHECK
+    violation raises. Not `send_insert`: on chDB 4.4 a streamed insert that violates a
+    CHECK constraint reports success and writes nothing.
     """
 
     def __init__(self, path: str | Path, database: str = DEFAULT_DATABASE) -> None:
@@ -59,12 +70,18 @@ class ChdbStore:
         return [_decoder.decode(line) for line in body.splitlines() if line]
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
+        if rows:
+            self.insert_columns(table, columns, [list(c) for c in zip(*rows)])
+
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+        if not data or not len(data[0]):
             return
         cols = ", ".join(check_identifier(c) for c in columns)
-        sql = f"INSERT INTO {self.database}.{check_identifier(table)} ({cols}) SETTINGS {_INSERT_SETTINGS} FORMAT JSONCompactEachRow\n"
+        sql = f"INSERT INTO {self.database}.{check_identifier(table)} ({cols}) SELECT * FROM Python(bw_arrow_batch)"
         try:
-            self._session.query(sql + _encoder.encode_lines(rows).decode(), "Null")
+            # chDB's Python() table function finds the table by this local variable's name.
+            bw_arrow_batch = pa.Table.from_arrays([arrow_column(v) for v in data], names=list(columns))  # noqa: F841
+            self._session.query(sql, "Null")
         except Exception as exc:
             raise StoreError(str(exc)) from exc
 

@@ -50,5 +50,19 @@ class ServerStore:
         except ClickHouseError as exc:
             raise StoreError(str(exc)) from exc
 
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+        if not data or not len(data[0]):
+            return
+        try:
+            self._client.insert(
+                check_identifier(table),
+                data,
+                column_names=list(columns),
+                database=self.database,
+                column_oriented=True,
+            )
+        except ClickHouseError as exc:
+            raise StoreError(str(exc)) from exc
+
     def close(self) -> None:
         self._client.close()

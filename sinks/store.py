@@ -38,6 +38,9 @@ class Store(Protocol):
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """One INSERT of many rows (`table` is unqualified; the store's database is used)."""
 
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+        """The same INSERT with the data as one sequence per column (the writer's hot path)."""
+
     def close(self) -> None: ...
 
 

@@ -22,7 +22,7 @@ from ops.kafka import topics
 from schemas.codec import BadInput, UsageDecoder, decode_control, decode_deadletter, decode_decision, decode_policy
 from schemas.pricing import PriceCatalog
 from sinks.batch import Batch, RecentIds, StoreUnavailable, WriteResult, write_batch
-from sinks.rows import control_row, deadletter_row, decision_row, policy_row, rejected, usage_row
+from sinks.rows import UsageColumns, control_row, deadletter_row, decision_row, policy_row, rejected
 from sinks.store import StoreError, StoreRunner
 from streams.clock import system_ms
 
@@ -86,7 +86,7 @@ class SinkWriter:
         self._now_ms = now_ms
         self._decoder = UsageDecoder(now_ms)
         self._recent = RecentIds(config.recent_ids)
-        self._batch = Batch()
+        self._batch = self._new_batch()
         self._inflight: asyncio.Task[None] | None = None
         self._retry_at_ms = 0
         self._backoff_ms = 0
@@ -102,7 +102,6 @@ class SinkWriter:
             **(consumer_options or {}),
         )
         self._handlers: dict[str, Callable[[Batch, Any], None]] = {
-            sink_topics.usage: self._on_usage,
             sink_topics.decisions: self._on_decision,
             sink_topics.control: self._on_control,
             sink_topics.policies: self._on_policy,
@@ -153,15 +152,17 @@ class SinkWriter:
             await self._flush(wait=True)
             return
         records = await self._consumer.getmany(timeout_ms=100, max_records=self.config.fetch_records)
-        for tp, messages in records.items():
-            handler = self._handlers[tp.topic]
-            batch = self._batch
-            for msg in messages:
-                if not batch.size:
-                    batch.started_ms = self._now_ms()
-                handler(batch, msg)
-                batch.consumed(tp.topic, tp.partition, msg.offset)
         batch = self._batch
+        if records and not batch.offsets:
+            batch.started_ms = self._now_ms()
+        for tp, messages in records.items():
+            if tp.topic == self.topics.usage:
+                self._on_usage(batch, tp.partition, messages)
+            else:
+                handler = self._handlers[tp.topic]
+                for msg in messages:
+                    handler(batch, msg)
+            batch.consumed(tp.topic, tp.partition, messages[-1].offset)
         full = batch.size >= self.config.batch_rows
         due = bool(batch.offsets) and self._now_ms() - batch.started_ms >= self.config.flush_ms
         if full or due:
@@ -177,7 +178,7 @@ class SinkWriter:
         batch = self._batch
         if not batch.offsets:
             return
-        self._batch = Batch()
+        self._batch = self._new_batch()
         self._inflight = asyncio.create_task(self._write(batch))
         if wait or self._stopping:
             await self._inflight
@@ -204,12 +205,7 @@ class SinkWriter:
         """Keep the rows (merged in front of anything fetched since), pause, schedule a retry."""
         self.stats.failures += 1
         self.stats.last_error = str(exc)[:500]
-        newer = self._batch
-        for table, rows in newer.rows.items():
-            batch.rows[table].extend(rows)
-            batch.sources[table].extend(newer.sources[table])
-        batch.offsets.update(newer.offsets)
-        batch.size += newer.size
+        batch.absorb(self._batch)
         self._batch = batch
         self._backoff_ms = min(self.config.backoff_max_ms, max(self.config.backoff_initial_ms, self._backoff_ms * 2))
         self._retry_at_ms = self._now_ms() + self._backoff_ms
@@ -228,7 +224,10 @@ class SinkWriter:
     def drop_unwritten(self) -> None:
         """Partitions were revoked and the batch could not be written: the next owner re-reads it."""
         self._recent.forget(self._batch.event_ids())
-        self._batch = Batch()
+        self._batch = self._new_batch()
+
+    def _new_batch(self) -> Batch:
+        return Batch(UsageColumns(self._catalog), self.topics.usage)
 
     # per-topic handlers (run on the loop; pure CPU, bounded by fetch_records) ----------------
     def _dead(self, batch: Batch, msg: Any, err: BadInput) -> None:
@@ -236,19 +235,23 @@ class SinkWriter:
         row = rejected(msg.topic, msg.partition, msg.offset, msg.value, msg.key, self._now_ms(), err.reason, err.field)
         batch.add("dead_letters", row, (msg.topic, msg.partition, msg.offset, ""))
 
-    def _on_usage(self, batch: Batch, msg: Any) -> None:
-        try:
-            events = self._decoder.decode(msg.value or b"")
-        except BadInput as err:
-            self._dead(batch, msg, err)
-            return
+    def _on_usage(self, batch: Batch, partition: int, messages: list[Any]) -> None:
+        """The hot path: decode straight into structs, price, append to columns; locals only."""
+        decode, is_new, append = self._decoder.decode, self._recent.add, batch.usage.append
         now = self._now_ms()
-        source = (msg.topic, msg.partition, msg.offset, "")
-        for event in events:
-            if self._recent.add(event.event_id):
-                batch.add("usage_events", usage_row(event, self._catalog, msg.partition, msg.offset, now), source)
-            else:
-                self.stats.duplicates_dropped += 1
+        duplicates = 0
+        for msg in messages:
+            try:
+                events = decode(msg.value or b"")
+            except BadInput as err:
+                self._dead(batch, msg, err)
+                continue
+            for event in events:
+                if is_new(event.event_id):
+                    append(event, partition, msg.offset, now)
+                else:
+                    duplicates += 1
+        self.stats.duplicates_dropped += duplicates
 
     def _decoded(self, batch: Batch, msg: Any, decode: Callable[[bytes], Any]) -> Any:
         try:

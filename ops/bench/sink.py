@@ -23,7 +23,7 @@ from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
 from sinks import queries as q
 from sinks.chdb_store import ChdbStore
-from sinks.rows import USAGE_COLUMNS, usage_row
+from sinks.rows import USAGE_COLUMNS, UsageColumns
 from sinks.store import StoreRunner, apply_schema
 from sinks.writer import SinkTopics, SinkWriter
 from streams.rules_config import load_rules
@@ -165,10 +165,12 @@ def run(rows: int, query_rows: int, per_message: int, bootstrap: str | None, pro
             sink_s = asyncio.run(_sink(bootstrap, sink_store, topic, rows))
             bare_store = ChdbStore(path, "bench_bare")
             apply_schema(bare_store)
-            catalog = PriceCatalog.default()
-            table = [usage_row(e, catalog, 0, i, 0) for i, e in enumerate(events)]
-            progress("bare: one INSERT of the same rows")
-            bare_s = _timed(lambda: bare_store.insert("usage_events", USAGE_COLUMNS, table))
+            usage = UsageColumns(PriceCatalog.default())
+            for i, e in enumerate(events):
+                usage.append(e, 0, i, 0)
+            columns = usage.columns()
+            progress("bare: one INSERT of the same rows (same format as the writer: Arrow columns)")
+            bare_s = _timed(lambda: bare_store.insert_columns("usage_events", USAGE_COLUMNS, columns))
             result: dict[str, Any] = {
                 "rows": rows,
                 "events_per_message": per_message,

@@ -54,6 +54,10 @@ class SwitchableStore:
         self._check()
         self.inner.insert(table, columns, rows)
 
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+        self._check()
+        self.inner.insert_columns(table, columns, data)
+
     def close(self) -> None:
         self.inner.close()
 

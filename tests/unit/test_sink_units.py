@@ -102,6 +102,17 @@ def test_server_store_insert_shape() -> None:
     assert client.calls[1][2] == {"parameters": {"a": 1}, "settings": {"readonly": 1}}
 
 
+def test_server_store_columnar_insert_shape() -> None:
+    client = RecordingClient()
+    store = ServerStore("clickhouse://u:p@h/analytics", client=client)
+    store.insert_columns("usage_events", ("event_id", "ts_ms"), [["e1", "e2"], [1, 2]])
+    kind, (table, data), kw = client.calls[0]
+    assert (kind, table, data) == ("insert", "usage_events", [["e1", "e2"], [1, 2]])
+    assert kw == {"column_names": ["event_id", "ts_ms"], "database": "analytics", "column_oriented": True}
+    store.insert_columns("usage_events", ("event_id",), [[]])
+    assert len(client.calls) == 1
+
+
 @pytest.mark.skipif(not os.environ.get("CLICKHOUSE_URL"), reason="CLICKHOUSE_URL not set: no ClickHouse server to run the contract test against")
 def test_server_store_contract() -> None:
     from sinks.store import apply_schema
