@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import MutableMapping
+from functools import lru_cache
+from typing import Any
 
 from schemas.contract import Decision, Limits, UsageEvent
 from schemas.money import format_usd
@@ -39,6 +41,12 @@ def decision_id(rule: str, subject: str, window_start: int, level: str = "") -> 
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+@lru_cache(maxsize=8192)
+def _cached_id(rule: str, who: str, window_start: int, level: str) -> str:
+    """Agent rules ask for the same ids batch after batch (is today's already fired?)."""
+    return decision_id(rule, who, window_start, level)
+
+
 class Emitter:
     """Builds decisions for one subject and records them in the subject's `fired` map."""
 
@@ -50,7 +58,11 @@ class Emitter:
     def id_of(rule: str, scope: str, subject: str, window_start: int, level: str = "", agent_id: str = "") -> str:
         """Task ids are only unique per agent, so a task's decision hashes the agent in."""
         who = f"{scope}:{agent_id}/{subject}" if scope == "task" else f"{scope}:{subject}"
-        return decision_id(rule, who, window_start, level)
+        return _cached_id(rule, who, window_start, level)
+
+    def fired(self, fired: MutableMapping[str, int], rule: str, scope: str, subject: str, window_start: int) -> bool:
+        """Whether this window's decision was already emitted (checked before building a new one)."""
+        return self.id_of(rule, scope, subject, window_start) in fired
 
     def emit(
         self,
@@ -125,13 +137,13 @@ class _TaskFired(dict[str, int]):
 def task_decisions(
     em: Emitter, agent: AgentState, task_id: str, task: TaskState, event: UsageEvent, limits: Limits
 ) -> list[Decision]:
-    """Rules of one task after `event` was counted in it: loop, runaway, estimate, step."""
+    """Rules of one task after `event` was counted in it: loop, runaway, estimate, step.
+
+    Runs on every event, so the conditions are checked first and decisions (ids, messages)
+    are only built for the rules whose condition holds."""
     rules = em.config.rules
-    fired = _TaskFired(task)
-    common = {"scope": "task", "subject": task_id, "window": "task", "window_start": task.first_ts,
-              "agent_id": agent.agent_id, "task_id": task_id, "trigger_event_id": event.event_id}
-    out: list[Decision | None] = []
     name = agent.agent_id
+    hits: list[dict[str, Any]] = []
     if event.prompt_hash and rules.loop_detected.repeats:
         step = event.step if event.step is not None else task.events
         within = rules.loop_detected.within_steps
@@ -139,33 +151,44 @@ def task_decisions(
         hashes.append((step, event.prompt_hash))
         while hashes and (hashes[0][0] <= step - within or len(hashes) > HASHES_CAP):
             hashes.pop(0)
-        repeats = sum(1 for s, h in hashes if h == event.prompt_hash and s > step - within)
+        repeats = 0
+        for s, h in hashes:
+            if h == event.prompt_hash and s > step - within:
+                repeats += 1
         if repeats >= rules.loop_detected.repeats:
-            out.append(em.emit(fired, "loop_detected", observed=repeats, limit=rules.loop_detected.repeats, unit="tokens",
-                               message=f"Agent {name} may be looping: {task.tokens} tokens/task "
-                                       f"(prompt repeated {repeats}x within {within} steps in task {task_id})", **common))
+            hits.append(dict(rule="loop_detected", observed=repeats, limit=rules.loop_detected.repeats, unit="tokens",
+                             message=f"Agent {name} may be looping: {task.tokens} tokens/task "
+                                     f"(prompt repeated {repeats}x within {within} steps in task {task_id})"))
     if limits.task_tokens is not None:
         cap = limits.task_tokens * rules.runaway_detected.factor
         if task.tokens > cap:
-            out.append(em.emit(fired, "runaway_detected", observed=task.tokens, limit=limits.task_tokens, unit="tokens",
-                               message=f"Agent {name} runaway: task {task_id} used {task.tokens} tokens, over "
-                                       f"{rules.runaway_detected.factor:g}x its {limits.task_tokens}-token task limit", **common))
+            hits.append(dict(rule="runaway_detected", observed=task.tokens, limit=limits.task_tokens, unit="tokens",
+                             message=f"Agent {name} runaway: task {task_id} used {task.tokens} tokens, over "
+                                     f"{rules.runaway_detected.factor:g}x its {limits.task_tokens}-token task limit"))
     if task.est_tokens > 0:
         est = rules.estimate_overrun
         ratio = task.est_observed / task.est_tokens
         level = "kill" if ratio > est.kill else "warn" if ratio > est.warn else ""
         if level:
-            warn_id = em.id_of("estimate_overrun", "task", task_id, task.first_ts, "warn", agent.agent_id)
-            if level == "kill" and warn_id not in fired:
-                fired[warn_id] = 0  # straight to kill: the warning is implied, never sent after it
-            out.append(em.emit(fired, "estimate_overrun", level=level, observed=task.est_observed, limit=task.est_tokens,
-                               unit="tokens", message=f"Agent {name} task {task_id} used {task.est_observed} tokens, "
-                                                      f"{ratio:.1f}x its estimate of {task.est_tokens}", **common))
+            hits.append(dict(rule="estimate_overrun", level=level, observed=task.est_observed, limit=task.est_tokens,
+                             unit="tokens", message=f"Agent {name} task {task_id} used {task.est_observed} tokens, "
+                                                    f"{ratio:.1f}x its estimate of {task.est_tokens}"))
     if limits.step_tokens is not None and task.step_tokens > limits.step_tokens and rules.step_overrun.enabled:
-        out.append(em.emit(fired, "step_overrun", level=f"step{task.step}", observed=task.step_tokens,
-                           limit=limits.step_tokens, unit="tokens",
-                           message=f"Agent {name} task {task_id} step {task.step} used {task.step_tokens} tokens "
-                                   f"(step limit {limits.step_tokens})", **common))
+        hits.append(dict(rule="step_overrun", level=f"step{task.step}", observed=task.step_tokens,
+                         limit=limits.step_tokens, unit="tokens",
+                         message=f"Agent {name} task {task_id} step {task.step} used {task.step_tokens} tokens "
+                                 f"(step limit {limits.step_tokens})"))
+    if not hits:
+        return []
+    fired = _TaskFired(task)
+    out: list[Decision | None] = []
+    for hit in hits:
+        if hit.get("level") == "kill":
+            warn_id = em.id_of("estimate_overrun", "task", task_id, task.first_ts, "warn", name)
+            if warn_id not in fired:
+                fired[warn_id] = 0  # straight to kill: the warning is implied, never sent after it
+        out.append(em.emit(fired, scope="task", subject=task_id, window="task", window_start=task.first_ts,
+                           agent_id=name, task_id=task_id, trigger_event_id=event.event_id, **hit))
     return [d for d in out if d is not None]
 
 
@@ -181,16 +204,18 @@ def agent_decisions(em: Emitter, agent: AgentState, limits: Limits, at_ms: int, 
     common = {"scope": "agent", "subject": name, "agent_id": name, "trigger_event_id": trigger_event_id}
     tokens, nano = c.day_total(at_ms), c.day_total(at_ms, "usd")
     over = _over(tokens, nano, limits)
-    if over and rules.agent_budget_exceeded.enabled:
+    if over and rules.agent_budget_exceeded.enabled and not em.fired(agent.fired, "agent_budget_exceeded", "agent",
+                                                                     name, c.day_start):
         observed, limit, unit = over
         critical = agent.criticality == "critical"
         out.append(em.emit(agent.fired, "agent_budget_exceeded", window="day", window_start=c.day_start,
                            observed=observed, limit=limit, unit=unit, action="notify" if critical else None,
                            message=f"Agent {name} is over its daily budget: {_show(observed, unit)} of {_show(limit, unit)}"
                                    + (" (critical: not paused)" if critical else ""), **common))
-    hour_tokens = c.last_hour(at_ms)
-    hourly = limits.hourly_tokens if limits.hourly_tokens is not None else c.hour_baseline(at_ms)
+    spiked = em.fired(agent.fired, "agent_spike", "agent", name, hour_start(at_ms))
+    hourly = None if spiked else limits.hourly_tokens if limits.hourly_tokens is not None else c.hour_baseline(at_ms)
     if hourly:
+        hour_tokens = c.last_hour(at_ms)
         factor = rules.agent_spike.factor
         if hour_tokens > hourly * factor:
             basis = "hourly limit" if limits.hourly_tokens is not None else "hourly baseline"
@@ -213,6 +238,8 @@ def _forecast(
             continue
         projected = forecast(total, day_start, day_end, at_ms, params.min_elapsed_fraction)
         if projected is not None and projected > limit * params.threshold:
+            if em.fired(fired, "budget_forecast", common["scope"], common["subject"], day_start):
+                return None
             return em.emit(fired, "budget_forecast", window="day", window_start=day_start, observed=projected,
                            limit=limit, unit=unit,
                            message=f"{common['scope'].capitalize()} {common['subject']} is on pace for "
