@@ -1,8 +1,10 @@
 """The Faust wiring of the processor: topics, tables, agents. Logic lives in engine/merger.
 
 Measured facts drive the shape (see DESIGN.md): Faust costs per event and per table write,
-so the usage agent reads raw bytes in batches (`take_events`, a few ms), hands them to the
-pure `Engine`, and writes each touched record to the changelog ONCE per batch. Every
+so the usage agent reads raw bytes in batches (`noack_take`, a few ms), hands them to the
+pure `Engine`, publishes its decisions at once, and every `state_interval` writes each
+record changed since the last write to the changelog ONCE; only then are the events behind
+it acknowledged, so a committed offset is never ahead of the state that counted it. Every
 `rollup_interval` the engine's per-partition user/team/model/global snapshots go to the
 single-partition `budget.rollups` topic, where one merger agent runs the budgets that span
 partitions. Policies are re-read from the start of the compacted topic at every start.
@@ -27,7 +29,7 @@ from ops.kafka.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE, to
 from schemas.codec import BadInput, decode_policy, encode
 from schemas.contract import ControlCommand, Decision
 from streams.clock import Clock, system_ms
-from streams.engine import Engine, RawMessage
+from streams.engine import Engine
 from streams.merger import Merger
 from streams.rules_config import ConfigError, RulesConfig, apply_policy, load_rules
 from streams.settings import WorkerSettings
@@ -71,6 +73,7 @@ class Processor:
         topic_prefix: str = "",
         now_ms: Clock = system_ms,
         rollup_interval: float = 0.2,
+        state_interval: float = 0.2,
         batch_max: int = 5_000,
         batch_within: float = 0.005,
         web_port: int | None = None,
@@ -84,6 +87,15 @@ class Processor:
         self.now_ms = now_ms
         self.batch_max = batch_max
         self.batch_within = batch_within
+        self.state_interval = state_interval
+        # batches run and state flushes alternate: a flush must never write the `fired` ids of
+        # decisions still being published (a crash would then lose them)
+        self._batch_lock = asyncio.Lock()
+        self._unacked: list[EventT] = []
+        self._in_flight: list[asyncio.Future[Any]] = []  # decisions/commands sent, not yet acknowledged
+        self._stream: faust.StreamT | None = None
+        self._last_flush = 0.0
+        self._clean = True  # no batch is halfway through
         self.policies_ready = asyncio.Event()
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
                       "batches": 0, "rollups": 0}
@@ -124,6 +136,7 @@ class Processor:
             app.agent(self.usage_topic, name="usage")(self._usage_agent)
             app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
             app.timer(rollup_interval)(self._flush_rollups)
+            app.timer(state_interval)(self._flush_state_timer)
             app.task(self._policy_task)
             if status_file is not None:
                 self.status_file = status_file
@@ -135,16 +148,53 @@ class Processor:
 
     async def _usage_agent(self, stream: faust.StreamT) -> None:
         await self.policies_ready.wait()
-        async for events in stream.take_events(self.batch_max, within=self.batch_within):
-            if not self._restored["engine"]:
-                self._restored["engine"] = True
-                n = self.engine.restore(list(self.state_table.data.items()))
-                log.info("processor.restored", records=n, agents=len(self.engine.agents))
-            await self.process_batch(events)
+        self._stream = stream
+        self._last_flush = self.loop_time()
+        try:
+            async for events in stream.noack_take(self.batch_max, within=self.batch_within):
+                if not self._restored["engine"]:
+                    self._restored["engine"] = True
+                    n = self.engine.restore(list(self.state_table.data.items()))
+                    log.info("processor.restored", records=n, agents=len(self.engine.agents))
+                async with self._batch_lock:
+                    self._clean = False
+                    await self.process_batch(events)
+                    self._clean = True
+                    self._unacked.extend(events)
+                    if self.loop_time() - self._last_flush >= self.state_interval:
+                        await self._flush_state()
+        finally:  # a clean stop keeps what was counted; never a batch stopped halfway through its sends
+            if self._unacked and self._clean:
+                try:
+                    await self._flush_state()
+                except Exception as err:  # noqa: BLE001 - stopping anyway; the next start replays
+                    log.warning("processor.final_flush_failed", error=str(err))
+
+    @staticmethod
+    def loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _flush_state_timer(self) -> None:
+        """Flushes what the agent left unwritten when no batch came to do it."""
+        if self._unacked and self.loop_time() - self._last_flush >= self.state_interval:
+            async with self._batch_lock:
+                await self._flush_state()
+
+    async def _flush_state(self) -> None:
+        """Changed records to the changelog, then ack their events: Faust flushes the producer
+        before it commits offsets, so the commit lands after the state it covers."""
+        self._last_flush = self.loop_time()
+        in_flight, self._in_flight = self._in_flight, []
+        await asyncio.gather(*in_flight)  # the decisions first, then the state that records them as fired
+        self._write_state(self.engine.take_writes())
+        events, self._unacked = self._unacked, []
+        assert self._stream is not None
+        ack = self._stream.ack
+        for event in events:
+            await ack(event)
 
     async def process_batch(self, events: Sequence[EventT]) -> None:
-        msgs = [RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition, e.message.offset)
-                for e in events]
+        msgs = [e.message for e in events]
         out = self.engine.process(msgs)
         s = self.stats
         s["batches"] += 1
@@ -156,8 +206,7 @@ class Processor:
             log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
                         offset=letter.offset)
             self.deadletter_topic.send_soon(key=key, value=encode(letter))
-        await self._publish(out.decisions, out.commands)
-        self._write_state(out.writes)
+        self._in_flight += await self._send(out.decisions, out.commands)
 
     def _write_state(self, writes: list[tuple[int, bytes, bytes]]) -> None:
         data = self.state_table.data
@@ -167,21 +216,24 @@ class Processor:
             send(partition, key, value, key_serializer="raw", value_serializer="raw")
 
     async def _publish(self, decisions: list[Decision], commands: list[ControlCommand]) -> None:
-        """Commands first (they stop agents), then decisions; acknowledged BEFORE the state that
-        records them is written, so a crash can repeat a decision (same id), never lose one."""
+        """Send and wait until acknowledged: BEFORE the state that records them is written,
+        so a crash can repeat a decision (same id), never lose one."""
+        await asyncio.gather(*await self._send(decisions, commands))
+
+    async def _send(self, decisions: list[Decision], commands: list[ControlCommand]) -> list[asyncio.Future[Any]]:
+        """Commands first (they stop agents), then decisions; returns the futures of their acks."""
         if not decisions and not commands:
-            return
+            return []
         futures = [await self.control_topic.send(key=c.agent_id.encode(), value=encode(c)) for c in commands]
         futures += [await self.decisions_topic.send(key=d.subject.encode(), value=encode(d)) for d in decisions]
-        await asyncio.gather(*futures)
         self.stats["decisions"] += len(decisions)
         self.stats["commands"] += len(commands)
         for d in decisions:
             log.info("decision", rule=d.rule, action=d.action, scope=d.scope, subject=d.subject, observed=d.observed,
                      limit=d.limit, decision_id=d.decision_id)
+        return futures
 
     async def _flush_rollups(self) -> None:
-        self._write_state(self.engine.take_seen())
         for rollup in self.engine.take_rollups():
             self.rollup_topic.send_soon(key=b"rollup", value=encode_state(rollup), partition=0)
             self.stats["rollups"] += 1

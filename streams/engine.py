@@ -1,11 +1,13 @@
 """The partition engine: a batch of raw `usage.events` messages in, everything to send out.
 
-No Faust here. The Faust agent hands over the messages of one `take_events` batch; the
-engine decodes them (bad ones become dead letters, the rest of the batch goes on), dedupes,
-prices, counts every dimension, runs the rules and returns decisions, control commands,
-dead letters and the encoded state records to write ONCE per batch. Per-agent and per-task
-state lives here; user/team/model/global totals are counted per source partition and leave
-as `Rollup` snapshots for the merger (streams/merger.py).
+No Faust here. The Faust agent hands over the messages of one batch; the engine decodes
+them (bad ones become dead letters, the rest of the batch goes on), dedupes, prices, counts
+every dimension, runs the rules and returns decisions, control commands and dead letters.
+Changed records are only marked dirty: `take_writes()` encodes each of them ONCE per flush
+interval, however many batches touched it (a Faust changelog write costs far more than
+the event that causes it). Per-agent and per-task state lives here; user/team/model/global
+totals are counted per source partition and leave as `Rollup` snapshots for the merger
+(streams/merger.py).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import base64
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -39,7 +41,7 @@ from streams.state import (
     id_hash,
     position,
 )
-from streams.windows import DayCalendar
+from streams.windows import MINUTE_MS, DayCalendar
 
 AGENT_PREFIX = b"a|"
 DIM_PREFIX = b"d|"
@@ -57,12 +59,58 @@ class RawMessage:
     offset: int
 
 
+class Message(Protocol):
+    """What the engine reads of a Kafka message (Faust's `Message` has these attributes)."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Pending:
+    """One record's share of a batch: its watermark at the start of the batch, and the counts
+    of its latest minute not yet added to its `Counter` (days begin on a minute, so adding a
+    minute's sum at its latest instant counts exactly what adding each event would)."""
+
+    __slots__ = ("state", "since", "calendar", "fine", "minute", "ts", "tokens", "nano", "max_ts", "trigger", "agents")
+
+    def __init__(self, state: AgentState | DimState, since: int, calendar: DayCalendar, fine: bool,
+                 agents: dict[str, None] | None = None) -> None:
+        self.state = state
+        self.since = since
+        self.calendar = calendar
+        self.fine = fine  # minute buckets too (agents), or hours and the day only (dims)
+        self.minute = -1
+        self.ts = self.tokens = self.nano = self.max_ts = 0
+        self.trigger = ""
+        self.agents = agents  # agents seen for a user/team/global subject, in order
+
+    def add(self, ts: int, tokens: int, nano: int) -> None:
+        minute = ts - ts % MINUTE_MS
+        if minute != self.minute:
+            self.flush()
+            self.minute, self.ts, self.tokens, self.nano = minute, ts, tokens, nano
+        else:
+            self.tokens += tokens
+            self.nano += nano
+            if ts > self.ts:
+                self.ts = ts
+        if ts > self.max_ts:
+            self.max_ts = ts
+
+    def flush(self) -> None:
+        if self.minute >= 0:
+            self.state.counter.add(self.ts, self.tokens, self.nano, self.calendar, fine=self.fine)
+            self.minute = -1
+
+
 @dataclass
 class EngineOutput:
     decisions: list[Decision] = field(default_factory=list)
     commands: list[ControlCommand] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
-    writes: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
     counted: int = 0
     duplicates: int = 0
 
@@ -79,7 +127,7 @@ def dim_key(partition: int, dim: str, subject: str) -> bytes:
     return b"%b%d|%b|%b" % (DIM_PREFIX, partition, dim.encode(), subject.encode())
 
 
-def dead_letter(msg: RawMessage, err: BadInput, now_ms: int) -> DeadLetter:
+def dead_letter(msg: Message, err: BadInput, now_ms: int) -> DeadLetter:
     return DeadLetter(
         ts_ms=now_ms, reason=err.reason[:1024], field=err.field, topic=msg.topic, partition=msg.partition,
         offset=msg.offset, raw=base64.b64encode(msg.value).decode(),
@@ -103,9 +151,12 @@ class Engine:
         self.agents: dict[str, AgentState] = {}
         self.dims: dict[tuple[int, str, str], DimState] = {}
         self.recent: deque[Decision] = deque(maxlen=RECENT_DECISIONS)
-        self._dirty_dims: dict[tuple[int, str, str], DimState] = {}
-        self._dirty_infos: dict[int, dict[str, AgentInfo]] = {}
-        self._dirty_seen: dict[str, tuple[AgentState, int]] = {}
+        self._dirty_dims: dict[tuple[int, str, str], DimState] = {}  # for the next rollup
+        self._dirty_infos: dict[int, dict[str, AgentState]] = {}
+        # records to write at the next `take_writes()`: agent → (state, partition), ...
+        self._unsaved_agents: dict[str, tuple[AgentState, int]] = {}
+        self._unsaved_tasks: dict[tuple[str, str], tuple[TaskState, int]] = {}
+        self._unsaved_dims: dict[tuple[int, str, str], DimState] = {}
         self._decode = UsageDecoder(now_ms).decode
         self.set_config(config)
 
@@ -149,15 +200,15 @@ class Engine:
 
     # --- the hot path ----------------------------------------------------------------------
 
-    def process(self, messages: Sequence[RawMessage]) -> EngineOutput:
+    def process(self, messages: Sequence[Message]) -> EngineOutput:
+        """One batch. Offsets of a partition only grow within a batch, so whether a record has
+        already applied a message (`upto`) is decided once per record and partition per batch,
+        and the counts of one minute are summed before they reach the record's `Counter`."""
         out = EngineOutput()
-        touched: dict[str, tuple[AgentState, int, str]] = {}  # agent → (state, max ts, last event id)
-        seen_agents: dict[str, tuple[AgentState, int]] = {}  # agent → (state, partition) to persist
-        seen_dims: dict[tuple[int, str, str], DimState] = {}
-        self._touched_tasks: dict[tuple[str, str], tuple[TaskState, int]] = {}
+        subjects: dict[tuple[int, str, str], _Pending] = {}  # agents (p, "", id) and dims (p, dim, subject)
+        last: dict[int, int] = {}  # partition → last offset of the batch
         price = self.catalog.price
-        calendar = self.calendar
-        em = self.emitter
+        agents = self.agents
         for msg in messages:
             try:
                 events = self._decode(msg.value)
@@ -165,76 +216,81 @@ class Engine:
                 out.dead_letters.append((msg.key, dead_letter(msg, err, self.now_ms())))
                 continue
             p, o = msg.partition, msg.offset
+            last[p] = o
             pos = position(p, o)
-            gates: dict[Any, bool] = {}
             for ev in events:
                 agent_id = ev.agent_id
-                agent = self.agents.get(agent_id)
-                if agent is None:
-                    agent = self.agents[agent_id] = AgentState(agent_id=agent_id)
-                gate = gates.get(agent_id)
-                if gate is None:
-                    gate = gates[agent_id] = o >= agent.upto.get(p, 0)
-                    seen_agents[agent_id] = (agent, p)
+                pa = subjects.get((p, "", agent_id))
+                if pa is None:
+                    agent = agents.get(agent_id)
+                    if agent is None:
+                        agent = agents[agent_id] = AgentState(agent_id=agent_id)
+                    pa = subjects[(p, "", agent_id)] = _Pending(agent, agent.upto.get(p, 0), self.calendar, True)
+                agent = pa.state
+                fresh = o >= pa.since  # not yet applied to this agent (a replay after a crash is not)
                 h = id_hash(ev.event_id)
                 prior = agent.seen.get(h)
                 if prior is not None and prior != pos:
                     out.duplicates += 1
-                    if gate:
+                    if fresh:
                         agent.duplicates += 1
                     continue
                 tokens = ev.input_tokens + ev.output_tokens + ev.cache_read_tokens + ev.cache_write_tokens + ev.cache_write_1h_tokens
                 nano = price(ev.model, ev.provider, ev.ts_ms, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
                              ev.cache_write_tokens, ev.cache_write_1h_tokens).nano_usd
                 ts = ev.ts_ms
-                if gate:
+                if fresh:
                     out.counted += 1
                     agent.remember(h, pos)
+                    pa.add(ts, tokens, nano)
+                    pa.trigger = ev.event_id
                     self._count_agent(agent, ev, tokens, nano, out, p)
-                    prev = touched.get(agent_id)
-                    touched[agent_id] = (agent, ts if prev is None or ts > prev[1] else prev[1], ev.event_id)
                 for dkey in ((p, "global", "global"), (p, "model", ev.model), (p, "user", ev.user_id), (p, "team", ev.team)):
                     if not dkey[2]:
                         continue
-                    dim = self.dims.get(dkey)
-                    if dim is None:
-                        dim = self.dims[dkey] = DimState(dim=dkey[1], subject=dkey[2], partition=p)
-                    dgate = gates.get(dkey)
-                    if dgate is None:
-                        dgate = gates[dkey] = o >= dim.upto
-                        seen_dims[dkey] = dim
-                    if dgate:
-                        dim.counter.add(ts, tokens, nano, calendar, fine=False)
-                        if dkey[1] != "model":
-                            dim.add_agent(agent_id)
-            for gkey in gates:
-                if isinstance(gkey, str):
-                    upto = self.agents[gkey].upto
-                    if upto.get(p, 0) <= o:
-                        upto[p] = o + 1
-                else:
-                    dim = self.dims[gkey]
-                    if dim.upto <= o:
-                        dim.upto = o + 1
-        for agent, at_ms, trigger in touched.values():
-            for d in agent_decisions(em, agent, self.limits(agent.agent_id), at_ms, trigger):
-                self._decided(d, out, expires_ms=agent.counter.day_end)
-        for agent_id, (agent, p) in seen_agents.items():
-            # tasks are records of their own: a batch rewrites only the tasks it touched
-            out.writes.append((p, agent_key(agent_id), encode_state(msgspec.structs.replace(agent, tasks={}, seen={}))))
-            self._dirty_seen[agent_id] = (agent, p)
-            self._dirty_infos.setdefault(p, {})[agent_id] = AgentInfo(
-                agent_id=agent_id, criticality=agent.criticality, team=agent.team, last_ts=agent.counter.last_ts)
-        for (agent_id, task_id), (task, p) in self._touched_tasks.items():
-            out.writes.append((p, task_key(agent_id, task_id), encode_state(task)))
-        for dkey, dim in seen_dims.items():
-            out.writes.append((dkey[0], dim_key(*dkey), encode_state(dim)))
-            self._dirty_dims[dkey] = dim
+                    pd = subjects.get(dkey)
+                    if pd is None:
+                        pd = subjects[dkey] = self._pending_dim(dkey)
+                    if o >= pd.since:
+                        pd.add(ts, tokens, nano)
+                        if pd.agents is not None:
+                            pd.agents[agent_id] = None
+        self._settle(subjects, last, out)
         return out
 
+    def _pending_dim(self, dkey: tuple[int, str, str]) -> _Pending:
+        dim = self.dims.get(dkey)
+        if dim is None:
+            dim = self.dims[dkey] = DimState(dim=dkey[1], subject=dkey[2], partition=dkey[0])
+        return _Pending(dim, dim.upto, self.calendar, False, agents={} if dkey[1] != "model" else None)
+
+    def _settle(self, subjects: dict[tuple[int, str, str], _Pending], last: dict[int, int], out: EngineOutput) -> None:
+        """End of a batch: pending counts into counters, watermarks forward, agent rules, dirty marks."""
+        em = self.emitter
+        for (p, dim, name), pending in subjects.items():
+            state = pending.state
+            if dim:
+                pending.flush()
+                if pending.agents:
+                    for agent_id in pending.agents:
+                        state.add_agent(agent_id)
+                if state.upto <= last[p]:
+                    state.upto = last[p] + 1
+                self._unsaved_dims[(p, dim, name)] = self._dirty_dims[(p, dim, name)] = state
+                continue
+            pending.flush()
+            upto = state.upto
+            if upto.get(p, 0) <= last[p]:
+                upto[p] = last[p] + 1
+            self._unsaved_agents[name] = (state, p)
+            self._dirty_infos.setdefault(p, {})[name] = state
+            if pending.trigger:
+                for d in agent_decisions(em, state, self.limits(name), pending.max_ts, pending.trigger):
+                    self._decided(d, out, expires_ms=state.counter.day_end)
+
     def _count_agent(self, agent: AgentState, ev: UsageEvent, tokens: int, nano: int, out: EngineOutput, p: int) -> None:
+        """Everything of an agent but its counter (see `_Pending`), and the task rules."""
         agent.events += 1
-        agent.counter.add(ev.ts_ms, tokens, nano, self.calendar)
         limits = self.limits(agent.agent_id)
         critical = ev.criticality == "critical" or limits.criticality == "critical"
         agent.criticality = "critical" if critical else "normal"
@@ -245,7 +301,7 @@ class Engine:
         if not ev.task_id:
             return
         task = agent.task(ev.task_id, ev.ts_ms)
-        self._touched_tasks[(agent.agent_id, ev.task_id)] = (task, p)
+        self._unsaved_tasks[(agent.agent_id, ev.task_id)] = (task, p)
         task.events += 1
         task.tokens += tokens
         task.nano += nano
@@ -273,15 +329,20 @@ class Engine:
 
     # --- to the merger and the dashboard ----------------------------------------------------
 
-    def take_seen(self) -> list[tuple[int, bytes, bytes]]:
-        """Recent-id sets changed since the last call, as records to write.
+    def take_writes(self) -> list[tuple[int, bytes, bytes]]:
+        """Every record changed since the last call, encoded: (table partition, key, value).
 
-        They are written every flush interval rather than every batch: they are the largest
-        part of an agent's state, and replays after a crash are deduped by offset watermarks
-        anyway; what a lost interval costs is missing a producer's duplicate sent across a crash.
+        Tasks and recent-id sets are records of their own, so a flush rewrites only the tasks
+        touched and the agent record stays small. Call it only once the decisions of the
+        processed batches are published: a record carries the `fired` ids of its decisions.
         """
-        writes = [(p, SEEN_PREFIX + a.encode(), encode_state(agent.seen)) for a, (agent, p) in self._dirty_seen.items()]
-        self._dirty_seen = {}
+        writes = []
+        for agent_id, (agent, p) in self._unsaved_agents.items():
+            writes.append((p, agent_key(agent_id), encode_state(msgspec.structs.replace(agent, tasks={}, seen={}))))
+            writes.append((p, SEEN_PREFIX + agent_id.encode(), encode_state(agent.seen)))
+        writes += [(p, task_key(a, t), encode_state(task)) for (a, t), (task, p) in self._unsaved_tasks.items()]
+        writes += [(dkey[0], dim_key(*dkey), encode_state(dim)) for dkey, dim in self._unsaved_dims.items()]
+        self._unsaved_agents, self._unsaved_tasks, self._unsaved_dims = {}, {}, {}
         return writes
 
     def take_rollups(self) -> list[Rollup]:
@@ -292,7 +353,9 @@ class Engine:
         parts = set(by_partition) | set(self._dirty_infos)
         now = self.now_ms()
         rollups = [
-            Rollup(source=p, ts_ms=now, dims=by_partition.get(p, []), agents=list(self._dirty_infos.get(p, {}).values()))
+            Rollup(source=p, ts_ms=now, dims=by_partition.get(p, []), agents=[
+                AgentInfo(agent_id=a.agent_id, criticality=a.criticality, team=a.team, last_ts=a.counter.last_ts)
+                for a in self._dirty_infos.get(p, {}).values()])
             for p in sorted(parts)
         ]
         self._dirty_dims = {}

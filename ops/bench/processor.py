@@ -30,9 +30,11 @@ AGENTS = 50
 
 
 def make_event(i: int, run: str, ts_ms: int, **kw: Any) -> UsageEvent:
+    """Call `i` of a fleet of AGENTS interleaved agents, each running tasks of 20 steps."""
+    call = i // AGENTS  # the agent's own call number
     return UsageEvent(
-        event_id=f"{run}-{i}", ts_ms=ts_ms, agent_id=f"agent-{i % AGENTS}", task_id=f"task-{i // 20}",
-        user_id=f"user-{i % 7}", team=f"team-{i % 3}", model="gpt-4o", provider="openai", step=i % 20,
+        event_id=f"{run}-{i}", ts_ms=ts_ms, agent_id=f"agent-{i % AGENTS}", task_id=f"task-{call // 20}",
+        user_id=f"user-{i % 7}", team=f"team-{i % 3}", model="gpt-4o", provider="openai", step=call % 20,
         input_tokens=500 + i % 100, output_tokens=120, cache_read_tokens=50, prompt_hash=f"h{i}", **kw,
     )
 

@@ -67,7 +67,7 @@ def test_restart_from_any_changelog_prefix_keeps_totals_exact_and_decisions_uniq
     for start in range(0, 40, 10):
         out = first.process(msgs(values[start:start + 10], start=start))
         decisions += [d.decision_id for d in out.decisions]
-        changelog += [(k, v) for _, k, v in out.writes + first.take_seen()]
+        changelog += [(k, v) for _, k, v in first.take_writes()]
     for cut in [*range(0, len(changelog), 3), len(changelog)]:  # crash after `cut` changelog records were written
         again = Engine(CONFIG, clock)
         again.restore(changelog[:cut])
