@@ -112,12 +112,10 @@ def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -
     """Budget vs actual today (rules time zone) for every budget in the rules file, plus the
     default agent budget for each agent seen today."""
     w = _window("day", now_ms, rules.tz())
-    params = {**_bounds(w), "limit": 1_000_000}
-    actual: dict[str, dict[str, Row]] = {
-        scope: {r["key"]: _usage_row(r) for r in _run(store, "usage_by", dict(params), None, scope)}
-        for scope in ("agent", "user", "team")
-    }
-    total = _run(store, "totals", _bounds(w))[0]
+    actual: dict[str, dict[str, Row]] = {"agent": {}, "user": {}, "team": {}, "global": {}}
+    for r in _run(store, "budget_status", _bounds(w)):
+        actual[r["scope"]][r["key"]] = r
+    total = actual["global"].get("", {})
     out: list[Row] = []
 
     def add(scope: str, subject: str, limits: Any, row: Mapping[str, Any]) -> None:

@@ -1,5 +1,9 @@
 -- Repeated prompt_hash inside one task: every call after the first of a (task, hash) is
 -- counted as redundant; its cost is the estimate.
+-- Candidates first: (task, hash) pairs whose 64-bit hash occurs more than once in the raw
+-- rows (replays and hash collisions only add candidates). Only their events are then
+-- deduplicated exactly, by the sorting key FINAL collapses on, keeping the latest version's
+-- cost (argMax by ingested_ms); the other columns are the same in every copy of an event.
 SELECT
     agent_id,
     count() AS groups,
@@ -7,11 +11,27 @@ SELECT
     sum(cost - first_cost) AS nano_usd
 FROM
 (
-    SELECT toString(any(agent_id)) AS agent_id, count() AS calls, sum(nano_usd) AS cost,
-           argMin(nano_usd, (ts_ms, event_id)) AS first_cost
-    FROM {db}.usage_events FINAL
-    WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND task_id != '' AND prompt_hash != '' {filters}
-    GROUP BY task_id, prompt_hash
+    SELECT toString(any(agent_id)) AS agent_id, count() AS calls, sum(cost_nano) AS cost,
+           argMin(cost_nano, (at_ms, event_id)) AS first_cost
+    FROM
+    (
+        SELECT event_id, agent_id, any(task_id) AS task, any(prompt_hash) AS hash, any(ts_ms) AS at_ms,
+               argMax(nano_usd, ingested_ms) AS cost_nano
+        FROM {db}.usage_events
+        WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+          AND task_id != '' AND prompt_hash != '' {filters}
+          AND cityHash64(task_id, prompt_hash) IN
+          (
+              SELECT cityHash64(task_id, prompt_hash) AS h
+              FROM {db}.usage_events
+              WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+                AND task_id != '' AND prompt_hash != '' {filters}
+              GROUP BY h
+              HAVING count() > 1
+          )
+        GROUP BY toStartOfDay(ts), agent_id, event_id
+    )
+    GROUP BY task, hash
     HAVING calls > 1
 )
 GROUP BY agent_id

@@ -1,5 +1,27 @@
 -- Runaway tasks: killed by a decision, or past the task token limit. The spend after the
 -- kill decision or after the task crossed its limit is the estimate.
+-- Candidates first: tasks with a kill decision, and tasks whose raw rows (replays included,
+-- so a superset) pass the limit; that scan is skipped when there is no limit. Only the
+-- candidates' events are deduplicated exactly (the sorting key FINAL collapses on, latest
+-- cost by ingested_ms; the other columns are the same in every copy) and walked in order.
+WITH
+    kills AS
+    (
+        SELECT task_id, min(ts_ms) AS kill_ts
+        FROM {db}.decisions FINAL
+        WHERE action = 'kill_task' AND task_id != '' AND ts_ms < {end_ms:Int64}
+        GROUP BY task_id
+    ),
+    over_limit AS
+    (
+        SELECT task_id
+        FROM {db}.usage_events
+        WHERE {task_limit:UInt64} < 9223372036854775807
+          AND ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+          AND task_id != '' {filters}
+        GROUP BY task_id
+        HAVING sum(tokens) > {task_limit:UInt64}
+    )
 SELECT
     agent_id,
     count() AS tasks,
@@ -10,18 +32,20 @@ FROM
            sumIf(e.nano_usd, (k.kill_ts > 0 AND e.ts_ms >= k.kill_ts) OR e.cum_tokens > {task_limit:UInt64}) AS wasted
     FROM
     (
-        SELECT task_id, agent_id, ts_ms, nano_usd,
-               sum(tokens) OVER (PARTITION BY task_id ORDER BY ts_ms, event_id ROWS UNBOUNDED PRECEDING) AS cum_tokens
-        FROM {db}.usage_events FINAL
-        WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND task_id != '' {filters}
+        SELECT task AS task_id, agent_id, at_ms AS ts_ms, cost_nano AS nano_usd,
+               sum(toks) OVER (PARTITION BY task ORDER BY at_ms, event_id ROWS UNBOUNDED PRECEDING) AS cum_tokens
+        FROM
+        (
+            SELECT event_id, agent_id, any(task_id) AS task, any(ts_ms) AS at_ms, any(tokens) AS toks,
+                   argMax(nano_usd, ingested_ms) AS cost_nano
+            FROM {db}.usage_events
+            WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+              AND task_id != '' {filters}
+              AND task_id IN (SELECT task_id FROM kills UNION DISTINCT SELECT task_id FROM over_limit)
+            GROUP BY toStartOfDay(ts), agent_id, event_id
+        )
     ) AS e
-    LEFT JOIN
-    (
-        SELECT task_id, min(ts_ms) AS kill_ts
-        FROM {db}.decisions FINAL
-        WHERE action = 'kill_task' AND task_id != '' AND ts_ms < {end_ms:Int64}
-        GROUP BY task_id
-    ) AS k ON e.task_id = k.task_id
+    LEFT JOIN kills AS k ON e.task_id = k.task_id
     GROUP BY task_id
     HAVING wasted > 0
 )

@@ -20,5 +20,5 @@ SELECT
     countIf(input_tokens > {bloat_tokens:UInt64}) AS bloated_events,
     toInt64(intDiv(sum(toInt128(greatest(toInt64(input_tokens) - {bloat_tokens:Int64}, 0)) * input_rate) + 500000, 1000000)) AS bloat_nano_usd
 FROM {db}.usage_events FINAL
-WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND unpriced = 0 {filters}
+WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') AND unpriced = 0 {filters}
 GROUP BY agent_id, provider, model
