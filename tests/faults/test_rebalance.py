@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import encode
-from tests.faults.harness import Truth, WorkerProcess, fleet_events, prefix, produce, read_topic
+from tests.faults.harness import Truth, WorkerProcess, eventually, fleet_events, prefix, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,11 @@ def union(*stores: list[dict[str, Any]]) -> tuple[dict[str, tuple[int, int]], in
     return {a: (t, n) for a, (t, n) in per_agent.items()}, len(rows), total - len(rows)
 
 
-@pytest.mark.xfail(strict=True, reason="SIGTERM mid-stream hangs the worker: Faust's wait_empty waits for events left unacked in take_events' buffer")
+@pytest.mark.xfail(strict=True, reason=(
+    "two processor bugs (streams/app.py): (1) SIGTERM mid-stream hangs the worker, Faust's wait_empty waits for "
+    "events left unacked in the take buffer (stream_wait_empty=False stops it but over-counted after kill -9 here); "
+    "(2) the worker that takes partitions over never loads their state: Processor restores the engine from the "
+    "changelog once, at its first batch, not on assignment"))
 async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exact_totals(
     kafka_bootstrap: str, workers: Callable[..., WorkerProcess]
 ) -> None:
@@ -60,8 +64,11 @@ async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exac
     for chunk in chunks[:5]:
         await produce(kafka_bootstrap, first.usage_topic, [(e.agent_id, encode(e)) for e in chunk])
         await asyncio.sleep(0.2)
-    both = {**first.status()["agents"], **second.status()["agents"]}
-    assert len(first.status()["agents"]) < 8 and len(both) == 8, "the agents should be split between the workers"
+    async def split() -> tuple[int, int]:
+        return len(first.status()["agents"]), len(second.status()["agents"])
+
+    owned = await eventually(split, lambda got: sum(got) == 8, 30)
+    assert sum(owned) == 8 and 0 not in owned, f"the agents should be split between the workers: {owned}"
     assert await first.stop() == 0
     for chunk in chunks[5:]:
         await produce(kafka_bootstrap, first.usage_topic, [(e.agent_id, encode(e)) for e in chunk])
