@@ -75,7 +75,7 @@ async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exac
         await asyncio.sleep(0.1)
 
     truth = Truth.of(events)
-    await second.processor_matches(truth, timeout_s=60)
+    await second.processor_matches(truth, timeout_s=25)
     totals, distinct, in_both = union(await stopped_store_sql(first, ROWS), await second.sql(ROWS))
     assert (totals, distinct) == (truth.totals(), 1000)
     published = {json.loads(v)["decision_id"] for v in await read_topic(kafka_bootstrap, topics + "budget.decisions")}
