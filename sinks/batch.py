@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from sinks.rows import TABLE_COLUMNS, USAGE_COLUMNS, UsageColumns, rejected
+from sinks.rows import TABLE_COLUMNS, UsageColumns, rejected
 from sinks.store import Store, StoreError
 
 Source = tuple[str, int, int, str]  # topic, partition, offset, event_id
@@ -80,7 +80,7 @@ class Batch:
         self.offsets.update(newer.offsets)
 
     def event_ids(self) -> list[str]:
-        return self.usage.event_ids()
+        return self.usage.event_ids
 
 
 @dataclass
@@ -128,17 +128,14 @@ def insert_rows(store: Store, table: str, rows: list[tuple[Any, ...]], sources: 
 
 
 def insert_usage(store: Store, usage: UsageColumns, topic: str, now_ms: int) -> tuple[int, list[tuple[Any, ...]]]:
-    """One columnar INSERT of the batch's usage events (bisected by slicing the columns on rejection)."""
-    columns = usage.columns()
+    """One INSERT of the batch's usage events (bisected by slicing the columns on rejection)."""
 
     def insert(lo: int, hi: int) -> None:
-        part = columns if (lo, hi) == (0, len(usage)) else [c[lo:hi] for c in columns]
-        store.insert_columns("usage_events", USAGE_COLUMNS, part)
+        store.insert_usage(usage if (lo, hi) == (0, len(usage)) else usage.slice(lo, hi))
 
     def dead(i: int, error: str) -> tuple[Any, ...]:
-        raw = _json.encode(dict(zip(USAGE_COLUMNS, (c[i] for c in columns))))
-        return rejected(topic, usage.partitions[i], usage.offsets[i], raw, None, now_ms,
-                        f"ClickHouse rejected the usage_events row: {error}", "", columns[0][i])
+        return rejected(topic, usage.partitions[i], usage.offsets[i], usage.raw[i], None, now_ms,
+                        f"ClickHouse rejected the usage_events row: {error}", "", usage.event_ids[i])
 
     return insert_bisecting(store, insert, dead, 0, len(usage))
 

@@ -13,8 +13,11 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 from chdb import session as chdb_session
 
+from sinks.queries import sql_text
+from sinks.rows import UsageColumns
 from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
 
 # Integers stay JSON numbers (ClickHouse quotes 64-bit ints by default).
@@ -31,6 +34,37 @@ def arrow_column(values: Sequence[Any]) -> pa.Array:
     if isinstance(first, dict):
         return pa.array(values, _STRING_MAP)
     return pa.array(values, pa.int64())
+
+
+def usage_arrow(usage: UsageColumns) -> pa.Table:
+    """`raw` JSON and the priced columns; the few distinct catalog entries are looked up once
+    and spread by index in Arrow (take), not per row in Python."""
+    distinct = {id(x): x for x in usage.entries}
+    position = {key: i for i, key in enumerate(distinct)}
+    index = pa.array(list(map(position.__getitem__, map(id, usage.entries))), pa.int32())
+    entries = list(distinct.values())
+
+    def spread(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pc.take(pa.array(values, kind), index)
+
+    return pa.Table.from_arrays(
+        [
+            pa.array(usage.raw, pa.binary()),
+            pa.array(usage.nano, pa.int64()),
+            spread([0 if x else 1 for x in entries], pa.uint8()),
+            spread([x.version if x else "" for x in entries], pa.string()),
+            spread([x.model if x else "" for x in entries], pa.string()),
+            spread([x.provider if x else "" for x in entries], pa.string()),
+            spread([x.input if x else 0 for x in entries], pa.int64()),
+            pa.array(usage.savings, pa.int64()),
+            pa.array(usage.premium, pa.int64()),
+            pa.array(usage.partitions, pa.int32()),
+            pa.array(usage.offsets, pa.int64()),
+            pa.array(usage.ingested, pa.int64()),
+        ],
+        names=["raw", "nano_usd", "unpriced", "price_version", "price_model", "price_provider", "input_rate",
+               "cache_savings_nano", "cache_write_premium_nano", "kafka_partition", "kafka_offset", "ingested_ms"],
+    )
 
 
 class ChdbStore:
@@ -52,6 +86,10 @@ class ChdbStore:
             # Settings are per session: a second session on the same engine serves read-only SQL.
             self._readonly = chdb_session.Session(str(self.path))
             self._readonly.query(f"SET {_SETTINGS}, readonly = 1", "Null")
+            # chDB imports pandas on the first Python() table function: pay that at open,
+            # not on the writer's first insert (measured 0.15-1 s).
+            bw_arrow_batch = pa.table({"x": [1]})  # noqa: F841 (found by name by Python())
+            self._session.query("SELECT count() FROM Python(bw_arrow_batch)", "Null")
         except Exception as exc:  # chDB raises plain RuntimeError/Exception
             raise StoreError(f"cannot open chDB at {self.path}: {exc}") from exc
 
@@ -82,6 +120,18 @@ class ChdbStore:
             # chDB's Python() table function finds the table by this local variable's name.
             bw_arrow_batch = pa.Table.from_arrays([arrow_column(v) for v in data], names=list(columns))  # noqa: F841
             self._session.query(sql, "Null")
+        except Exception as exc:
+            raise StoreError(str(exc)) from exc
+
+    def insert_usage(self, usage: UsageColumns) -> None:
+        """The writer's hot path: canonical JSON per event plus the priced columns; ClickHouse
+        parses the JSON (`sql/usage_insert.sql`), so the GIL-bound work per row is a handful
+        of list-to-Arrow conversions of ints and one of bytes."""
+        if not len(usage):
+            return
+        try:
+            bw_arrow_batch = usage_arrow(usage)  # noqa: F841 (found by name by Python())
+            self._session.query(sql_text("usage_insert").replace("{db}", self.database), "Null")
         except Exception as exc:
             raise StoreError(str(exc)) from exc
 

@@ -7,11 +7,9 @@ are plain sums over integer nano-dollars.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from msgspec.structs import astuple
 
 from schemas.contract import ControlCommand, DeadLetter, Decision, Policy, UsageEvent
 from schemas.pricing import PriceCatalog, PriceEntry, TOKENS_PER_PRICE_UNIT, cost_nanos
@@ -71,24 +69,23 @@ def usage_row(
     return tuple(c[0] for c in cols.columns())
 
 
-_TAGS = UsageEvent.__struct_fields__.index("tags")
-assert _TAGS == len(UsageEvent.__struct_fields__) - 1, "UsageColumns slices tags off the end of astuple()"
+_decode_events = msgspec.json.Decoder(list[UsageEvent]).decode
 
 
 class UsageColumns:
-    """`usage_events` rows kept as columns for a columnar INSERT.
+    """A batch of `usage_events` rows, built for the writer's hot path.
 
-    The writer's hot path appends a decoded event and its price: the event's fields but
-    `tags` as one tuple, `tags` apart, and a few list appends. A tuple of atoms leaves the
-    GC's books at its first pass; the struct (or a tuple holding the tags dict) would not,
-    and 50k of them surviving in a batch triggered full collections costing ~3.5 us/row.
-    `columns()` builds the USAGE_COLUMNS lists once per insert.
+    Per event the loop keeps its canonical msgspec JSON (`raw`, re-encoded from the validated
+    struct: one C call, and no struct survives to be rescanned by the GC) and what Python
+    alone knows: the price (PriceCatalog entry, cost, cache effect) and the Kafka coordinates.
+    chDB turns `raw` into the event columns itself (`sql/usage_insert.sql`, JSONExtract, off
+    the GIL); `columns()` does the same in Python for backends without that path.
     """
 
     def __init__(self, catalog: PriceCatalog) -> None:
         self.catalog = catalog
-        self.fields: list[tuple[Any, ...]] = []
-        self.tags: list[dict[str, str]] = []
+        self.raw: list[bytes] = []
+        self.event_ids: list[str] = []
         self.entries: list[PriceEntry | None] = []
         self.nano: list[int] = []
         self.savings: list[int] = []
@@ -98,7 +95,7 @@ class UsageColumns:
         self.ingested: list[int] = []
 
     def __len__(self) -> int:
-        return len(self.fields)
+        return len(self.raw)
 
     def append(self, e: UsageEvent, partition: int, offset: int, ingested_ms: int) -> None:
         entry = self.catalog.lookup(e.model, e.provider, e.ts_ms)
@@ -116,8 +113,8 @@ class UsageColumns:
             else:
                 self.savings.append(0)
                 self.premium.append(0)
-        self.fields.append(astuple(e)[:_TAGS])
-        self.tags.append(e.tags)
+        self.raw.append(_json.encode(e))
+        self.event_ids.append(e.event_id)
         self.entries.append(entry)
         self.partitions.append(partition)
         self.offsets.append(offset)
@@ -127,30 +124,33 @@ class UsageColumns:
         for name in _PARTS:
             getattr(self, name).extend(getattr(other, name))
 
-    def event_ids(self) -> list[str]:
-        return [f[0] for f in self.fields]
+    def slice(self, lo: int, hi: int) -> UsageColumns:
+        part = UsageColumns(self.catalog)
+        for name in _PARTS:
+            setattr(part, name, getattr(self, name)[lo:hi])
+        return part
 
-    def columns(self) -> list[Sequence[Any]]:
-        """One sequence per USAGE_COLUMNS name, in that order."""
-        if not self.fields:
-            return [[] for _ in USAGE_COLUMNS]
-        f = dict(zip(UsageEvent.__struct_fields__, zip(*self.fields)))
-        buckets = (f["input_tokens"], f["output_tokens"], f["cache_read_tokens"], f["cache_write_tokens"],
-                   f["cache_write_1h_tokens"])
-        en = self.entries
+    def columns(self) -> list[list[Any]]:
+        """One list per USAGE_COLUMNS name, in that order (the row-by-row Python mapping)."""
+        ev, en = _decode_events(b"[" + b",".join(self.raw) + b"]"), self.entries
         return [
-            f["event_id"], f["ts_ms"], f["agent_id"], f["task_id"], f["session_id"], f["user_id"], f["team"],
-            [-1 if x is None else x for x in f["step"]], f["model"], f["provider"], *buckets,
-            [a + b + c + d + g for a, b, c, d, g in zip(*buckets)],
-            [-1 if x is None else x for x in f["estimated_tokens"]],
-            f["criticality"], f["status"], f["prompt_hash"], f["tool"], self.tags, self.nano,
-            [0 if x else 1 for x in en], [x.version if x else "" for x in en], [x.model if x else "" for x in en],
-            [x.provider if x else "" for x in en], [x.input if x else 0 for x in en],
+            [e.event_id for e in ev], [e.ts_ms for e in ev], [e.agent_id for e in ev], [e.task_id for e in ev],
+            [e.session_id for e in ev], [e.user_id for e in ev], [e.team for e in ev],
+            [-1 if e.step is None else e.step for e in ev], [e.model for e in ev], [e.provider for e in ev],
+            [e.input_tokens for e in ev], [e.output_tokens for e in ev], [e.cache_read_tokens for e in ev],
+            [e.cache_write_tokens for e in ev], [e.cache_write_1h_tokens for e in ev],
+            [e.total_tokens for e in ev], [-1 if e.estimated_tokens is None else e.estimated_tokens for e in ev],
+            [e.criticality for e in ev], [e.status for e in ev], [e.prompt_hash for e in ev], [e.tool for e in ev],
+            [e.tags for e in ev], self.nano, self.unpriced(), [x.version if x else "" for x in en],
+            [x.model if x else "" for x in en], [x.provider if x else "" for x in en], [x.input if x else 0 for x in en],
             self.savings, self.premium, self.partitions, self.offsets, self.ingested,
         ]
 
+    def unpriced(self) -> list[int]:
+        return [0 if x else 1 for x in self.entries]
 
-_PARTS = ("fields", "tags", "entries", "nano", "savings", "premium", "partitions", "offsets", "ingested")
+
+_PARTS = ("raw", "event_ids", "entries", "nano", "savings", "premium", "partitions", "offsets", "ingested")
 
 
 def decision_row(d: Decision) -> tuple[Any, ...]:

@@ -12,6 +12,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from sinks.rows import USAGE_COLUMNS, UsageColumns
 from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
 
 
@@ -63,6 +64,9 @@ class ServerStore:
             )
         except ClickHouseError as exc:
             raise StoreError(str(exc)) from exc
+
+    def insert_usage(self, usage: UsageColumns) -> None:
+        self.insert_columns("usage_events", USAGE_COLUMNS, usage.columns())
 
     def close(self) -> None:
         self._client.close()

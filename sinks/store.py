@@ -11,9 +11,12 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streams.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from sinks.rows import UsageColumns
 
 T = TypeVar("T")
 
@@ -39,7 +42,10 @@ class Store(Protocol):
         """One INSERT of many rows (`table` is unqualified; the store's database is used)."""
 
     def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
-        """The same INSERT with the data as one sequence per column (the writer's hot path)."""
+        """The same INSERT with the data as one sequence per column."""
+
+    def insert_usage(self, usage: UsageColumns) -> None:
+        """One INSERT of the writer's usage events (each backend's fastest shape)."""
 
     def close(self) -> None: ...
 

@@ -1,8 +1,9 @@
 """The sink's Kafka consumer: batches every topic into ClickHouse, commits after the write.
 
 Its own consumer group (`budgetwarden-sink`) so it never slows the processor's. Rows are
-buffered per table and flushed by size or age (few large inserts); while one batch is
-being written on the store thread the loop keeps fetching into the next. Offsets are
+buffered per table and flushed by size or age (few large inserts), or at once when a
+fetch finds nothing new and enough is buffered; while one batch is being written on the
+store thread the loop keeps fetching and decoding into the next (double buffering). Offsets are
 committed only after ClickHouse has a batch. When ClickHouse is down the writer pauses
 its partitions (the buffer stops growing), retries with capped exponential backoff and
 resumes; a row ClickHouse rejects is bisected out and goes to `dead_letters`.
@@ -47,7 +48,9 @@ class SinkTopics:
 class WriterConfig:
     batch_rows: int = 50_000
     flush_ms: int = 1_000
-    fetch_records: int = 10_000  # per getmany: keeps each decode slice short on the shared loop
+    fetch_records: int = 2_000  # per getmany: short decode slices on the shared loop, and fetched
+    # records die young (10k per fetch survived into the GC's old generation: full collections)
+    idle_flush_rows: int = 5_000  # a fetch came back empty (caught up): write a batch this big now
     backoff_initial_ms: int = 200
     backoff_max_ms: int = 10_000
     recent_ids: int = 1_000_000
@@ -163,9 +166,11 @@ class SinkWriter:
                 for msg in messages:
                     handler(batch, msg)
             batch.consumed(tp.topic, tp.partition, messages[-1].offset)
-        full = batch.size >= self.config.batch_rows
+        size = batch.size
+        full = size >= self.config.batch_rows
         due = bool(batch.offsets) and self._now_ms() - batch.started_ms >= self.config.flush_ms
-        if full or due:
+        caught_up = not records and size >= self.config.idle_flush_rows
+        if full or due or caught_up:
             await self._flush(wait=False)
 
     async def _flush(self, wait: bool) -> None:

@@ -10,7 +10,7 @@ from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms
 from sinks import queries as q
 from sinks.chdb_store import ChdbStore
-from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, usage_row
+from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, UsageColumns, usage_row
 from sinks.store import apply_schema
 from streams.rules_config import parse_rules
 
@@ -179,3 +179,26 @@ def test_rollups_maintained_by_clickhouse(store: ChdbStore) -> None:
 def test_read_only_session_refuses_writes(store: ChdbStore) -> None:
     with pytest.raises(Exception, match="readonly"):
         store.query(f"INSERT INTO {store.database}.policies (policy_id) VALUES ('x')", readonly=True)
+
+
+def test_chdb_usage_insert_matches_the_python_mapping(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The writer's chDB path (JSON parsed by ClickHouse, defaults restored in SQL) stores
+    exactly the row the Python mapping builds, for defaults and for every field set."""
+    s = ChdbStore(tmp_path_factory.getbasetemp() / "clickhouse", "t_usage_insert")
+    apply_schema(s)
+    catalog = PriceCatalog.default()
+    events = [
+        ev("d1", NOW, "a", "gpt-4o", "other"),  # everything else left at its default
+        ev("f1", NOW + 1, "b", "claude-3-5-sonnet", "anthropic", task_id="T", session_id="S", user_id="U", team="X",
+           step=7, input_tokens=10, output_tokens=20, cache_read_tokens=30, cache_write_tokens=40,
+           cache_write_1h_tokens=50, estimated_tokens=60, criticality="critical", status="retry", prompt_hash="p",
+           tool="t", tags={"k": "v", "ü": "\"q\""}),
+        ev("u1", NOW + 2, "c", "mystery-1", "openai", input_tokens=5),  # unpriced
+    ]
+    usage = UsageColumns(catalog)
+    for i, e in enumerate(events):
+        usage.append(e, 3, 100 + i, 7)
+    s.insert_usage(usage)
+    got = s.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {s.database}.usage_events ORDER BY ts_ms")
+    assert [tuple(r.values()) for r in got] == [usage_row(e, catalog, 3, 100 + i, 7) for i, e in enumerate(events)]
+    s.close()

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
 from sinks.chdb_store import ChdbStore
+from sinks.rows import UsageColumns
 from sinks.service import SinkService
 from sinks.store import StoreError, StoreRunner, apply_schema
 from sinks.writer import SinkTopics, SinkWriter, WriterConfig
@@ -57,6 +58,10 @@ class SwitchableStore:
     def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
         self._check()
         self.inner.insert_columns(table, columns, data)
+
+    def insert_usage(self, usage: UsageColumns) -> None:
+        self._check()
+        self.inner.insert_usage(usage)
 
     def close(self) -> None:
         self.inner.close()
