@@ -210,18 +210,21 @@ def burn(store: Store, now_ms: int | None = None, filters: Mapping[str, str] | N
     now = system_ms() if now_ms is None else now_ms
     day_ms = 86_400_000
     start = (now // day_ms - 27) * day_ms
-    days = {int(r["day_ms"]): int(r["nano_usd"]) for r in _run(store, "burn", {"start_ms": start, "end_ms": now + 1}, filters)}
-    last7 = sum(v for d, v in days.items() if d >= (now // day_ms - 6) * day_ms)
-    last28 = sum(days.values())
+    windows = {period: window(period, now) for period in ("day", "week", "month")}
+    # One pass over UTC days since the earlier of 28 days ago and the month's start: every
+    # window here begins at a UTC midnight, so each is an exact sum of whole days.
+    first = min(start, windows["month"].start_ms)
+    days = {int(r["day_ms"]): int(r["nano_usd"]) for r in _run(store, "burn", {"start_ms": first, "end_ms": now + 1}, filters)}
+    recent = {d: v for d, v in days.items() if d >= start}
+    last7 = sum(v for d, v in recent.items() if d >= (now // day_ms - 6) * day_ms)
+    last28 = sum(recent.values())
     out: Row = {
         "per_day_nano_usd": last7 // 7,
         "per_week_nano_usd": last28 // 4,
-        "daily": [{"day_ms": d, "nano_usd": v, "usd": format_usd(v)} for d, v in sorted(days.items())],
+        "daily": [{"day_ms": d, "nano_usd": v, "usd": format_usd(v)} for d, v in sorted(recent.items())],
     }
-    for period in ("day", "week", "month"):
-        w = window(period, now)
-        spent = sum(v for d, v in days.items() if d >= w.start_ms) if period != "month" else int(
-            _run(store, "totals", _bounds(w), filters)[0]["nano_usd"])
+    for period, w in windows.items():
+        spent = sum(v for d, v in days.items() if d >= w.start_ms)
         elapsed = max(1, now - w.start_ms)
         out[f"{period}_spent_nano_usd"] = spent
         out[f"{period}_forecast_nano_usd"] = spent * (w.period_end_ms - w.start_ms) // elapsed

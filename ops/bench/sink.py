@@ -132,6 +132,7 @@ def query_times(store: ChdbStore, n: int, days: int = 28) -> dict[str, float]:
     """Generate n events over `days` inside chDB, then time each named query once (warm)."""
     sql = GENERATE_SQL.format(db=store.database, cols=", ".join(USAGE_COLUMNS), start=START_MS, span=days * DAY, n=n)
     store.command(sql)
+    _settle(store, 120.0)  # time the queries on the merged table they meet in steady state
     now = START_MS + days * DAY - 1
     version = q.load_prices(store, PriceCatalog.default(), "bench")
     rules = load_rules(None)

@@ -9,5 +9,5 @@ SELECT
     sum(nano_usd) AS nano_usd
 FROM {db}.usage_events FINAL
 ARRAY JOIN [('agent', toString(agent_id)), ('user', toString(user_id)), ('team', toString(team)), ('global', '')] AS d
-WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
 GROUP BY scope, key

@@ -5,6 +5,6 @@ SELECT
     sum(tokens) AS tokens,
     sum(nano_usd) AS nano_usd
 FROM {db}.usage_events FINAL
-WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
 GROUP BY day_ms
 ORDER BY day_ms

@@ -14,6 +14,6 @@ SELECT
     if(input_tokens + cache_read_tokens + cache_write_tokens + cache_write_1h_tokens = 0, 0,
        cache_read_tokens / (input_tokens + cache_read_tokens + cache_write_tokens + cache_write_1h_tokens)) AS hit_rate
 FROM {db}.usage_events FINAL
-WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
 GROUP BY key
 ORDER BY net_nano DESC, key

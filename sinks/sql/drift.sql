@@ -6,6 +6,6 @@ SELECT
     sumIf(tokens, ts_ms >= {start_ms:Int64}) AS cur_tokens,
     sumIf(tokens, ts_ms < {start_ms:Int64}) AS prev_tok
 FROM {db}.usage_events FINAL
-WHERE ts_ms >= {prev_start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({prev_start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+WHERE ts >= fromUnixTimestamp64Milli({prev_start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
 GROUP BY key
 ORDER BY cur_nano DESC, key

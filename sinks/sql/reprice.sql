@@ -16,7 +16,7 @@ FROM
            lower(if(price_model != '', toString(price_model), toString(model))) AS price_name,
            lower(if(price_provider != '', toString(price_provider), toString(provider))) AS price_prov
     FROM {db}.usage_events FINAL
-    WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+    WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
 ) AS e
 ASOF LEFT JOIN
 (

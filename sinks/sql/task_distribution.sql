@@ -11,6 +11,6 @@ FROM
 (
     SELECT task_id, sum(nano_usd) AS cost
     FROM {db}.usage_events FINAL
-    WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') AND task_id != '' {filters}
+    WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') AND task_id != '' {filters}
     GROUP BY task_id
 )

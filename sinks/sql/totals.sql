@@ -12,4 +12,4 @@ SELECT
     sum(nano_usd) AS nano_usd,
     sum(unpriced) AS unpriced_events
 FROM {db}.usage_events FINAL
-WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}

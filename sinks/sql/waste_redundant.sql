@@ -18,13 +18,13 @@ FROM
         SELECT event_id, agent_id, any(task_id) AS task, any(prompt_hash) AS hash, any(ts_ms) AS at_ms,
                argMax(nano_usd, ingested_ms) AS cost_nano
         FROM {db}.usage_events
-        WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+        WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
           AND task_id != '' AND prompt_hash != '' {filters}
           AND cityHash64(task_id, prompt_hash) IN
           (
               SELECT cityHash64(task_id, prompt_hash) AS h
               FROM {db}.usage_events
-              WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+              WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
                 AND task_id != '' AND prompt_hash != '' {filters}
               GROUP BY h
               HAVING count() > 1

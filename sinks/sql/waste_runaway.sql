@@ -17,7 +17,7 @@ WITH
         SELECT task_id
         FROM {db}.usage_events
         WHERE {task_limit:UInt64} < 9223372036854775807
-          AND ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+          AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
           AND task_id != '' {filters}
         GROUP BY task_id
         HAVING sum(tokens) > {task_limit:UInt64}
@@ -39,7 +39,7 @@ FROM
             SELECT event_id, agent_id, any(task_id) AS task, any(ts_ms) AS at_ms, any(tokens) AS toks,
                    argMax(nano_usd, ingested_ms) AS cost_nano
             FROM {db}.usage_events
-            WHERE ts_ms >= {start_ms:Int64} AND ts_ms < {end_ms:Int64} AND ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+            WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
               AND task_id != '' {filters}
               AND task_id IN (SELECT task_id FROM kills UNION DISTINCT SELECT task_id FROM over_limit)
             GROUP BY toStartOfDay(ts), agent_id, event_id
