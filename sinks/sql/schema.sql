@@ -162,14 +162,14 @@ ARRAY JOIN [('agent', toString(agent_id)), ('user', toString(user_id)), ('team',
             ('model', toString(model)), ('task', task_id)] AS d
 GROUP BY bucket, dimension, key;
 
+-- Daily from hourly (a cascade: the hourly MV's output blocks feed this one), so an insert
+-- aggregates its events once rather than twice; sums of sums are the same totals.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_daily_mv TO {db}.usage_daily AS
-SELECT toStartOfDay(ts) AS bucket, d.1 AS dimension, d.2 AS key,
-       count() AS events, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+SELECT toStartOfDay(bucket) AS bucket, dimension, key,
+       sum(events) AS events, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
        sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
        sum(cache_write_1h_tokens) AS cache_write_1h_tokens, sum(tokens) AS tokens, sum(nano_usd) AS nano_usd
-FROM {db}.usage_events
-ARRAY JOIN [('agent', toString(agent_id)), ('user', toString(user_id)), ('team', toString(team)),
-            ('model', toString(model)), ('task', task_id)] AS d
+FROM {db}.usage_hourly
 GROUP BY bucket, dimension, key;
 
 -- Price catalogs loaded for re-pricing (one row per catalog version, model, valid_from).
