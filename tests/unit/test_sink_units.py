@@ -11,7 +11,7 @@ from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
 from sinks.batch import RecentIds
 from sinks.periods import window
-from sinks.rows import USAGE_COLUMNS, usage_row
+from sinks.rows import USAGE_COLUMNS, UsageColumns, usage_row
 from sinks.server_store import ServerStore
 from sinks.sqlguard import RefusedSQL, check_read_only
 
@@ -111,6 +111,24 @@ def test_server_store_columnar_insert_shape() -> None:
     assert kw == {"column_names": ["event_id", "ts_ms"], "database": "analytics", "column_oriented": True}
     store.insert_columns("usage_events", ("event_id",), [[]])
     assert len(client.calls) == 1
+
+
+def test_server_store_usage_insert_is_the_python_mapping() -> None:
+    client = RecordingClient()
+    store = ServerStore("clickhouse://u:p@h/analytics", client=client)
+    catalog = PriceCatalog.default()
+    events = [UsageEvent(event_id="e1", ts_ms=1_767_225_600_000, agent_id="a", model="gpt-4o", provider="openai",
+                         input_tokens=1000, step=3, tags={"k": "v"}),
+              UsageEvent(event_id="e2", ts_ms=1_767_225_600_001, agent_id="b", model="nope", output_tokens=5)]
+    usage = UsageColumns(catalog)
+    for i, e in enumerate(events):
+        usage.append(e, 1, 10 + i, 99)
+    store.insert_usage(usage)
+    kind, (table, data), kw = client.calls[0]
+    assert (kind, table, kw["column_oriented"]) == ("insert", "usage_events", True)
+    assert kw["column_names"] == list(USAGE_COLUMNS)
+    assert [tuple(col[i] for col in data) for i in range(2)] == [usage_row(e, catalog, 1, 10 + i, 99) for i, e in enumerate(events)]
+    assert data[USAGE_COLUMNS.index("nano_usd")] == [2_500_000, 0] and data[USAGE_COLUMNS.index("unpriced")] == [0, 1]
 
 
 @pytest.mark.skipif(not os.environ.get("CLICKHOUSE_URL"), reason="CLICKHOUSE_URL not set: no ClickHouse server to run the contract test against")
