@@ -1,9 +1,10 @@
 -- Repeated prompt_hash inside one task: every call after the first of a (task, hash) is
 -- counted as redundant; its cost is the estimate.
--- Candidates first: (task, hash) pairs whose 64-bit hash occurs more than once in the raw
--- rows (replays and hash collisions only add candidates). Only their events are then
--- deduplicated exactly, by the sorting key FINAL collapses on, keeping the latest version's
--- cost (argMax by ingested_ms); the other columns are the same in every copy of an event.
+-- Candidates first: tasks where some prompt_hash may repeat, i.e. fewer distinct hashes
+-- than rows (uniqUpTo counts hashes exactly up to 100; colliding hashes and replays only add
+-- candidates), or more than 100 rows. Only their events are then deduplicated exactly, by
+-- the sorting key FINAL collapses on, keeping the latest version's cost (argMax by
+-- ingested_ms); the other columns are the same in every copy of an event.
 SELECT
     agent_id,
     count() AS groups,
@@ -20,14 +21,14 @@ FROM
         FROM {db}.usage_events
         WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
           AND task_id != '' AND prompt_hash != '' {filters}
-          AND cityHash64(task_id, prompt_hash) IN
+          AND task_id IN
           (
-              SELECT cityHash64(task_id, prompt_hash) AS h
+              SELECT task_id
               FROM {db}.usage_events
               WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
                 AND task_id != '' AND prompt_hash != '' {filters}
-              GROUP BY h
-              HAVING count() > 1
+              GROUP BY task_id
+              HAVING count() > 100 OR uniqUpTo(100)(prompt_hash) < count()
           )
         GROUP BY toStartOfDay(ts), agent_id, event_id
     )
