@@ -18,8 +18,8 @@ from ops.fleet.runner import FleetRunner, FleetStats
 from schemas.money import format_usd
 
 
-def _fleet_table(stats: FleetStats, started: float, seconds: float) -> Table:
-    elapsed = time.monotonic() - started
+def _fleet_table(stats: FleetStats, seconds: float) -> Table:
+    elapsed = min(seconds, time.monotonic() - stats.started_monotonic)
     table = Table(title=f"fleet  {elapsed:5.1f}s / {seconds:.0f}s   events {stats.events_sent:,}", title_justify="left")
     for column in ("agent", "events", "tokens", "tasks killed", "commands obeyed"):
         table.add_column(column, justify="left" if column == "agent" else "right")
@@ -101,13 +101,12 @@ def register(app: typer.Typer) -> None:
         stack = demo_stack(data_dir, http_port)
         interactive = not json_out and sys.stdout.isatty()
         keep = interactive if keep is None else keep
-        started = time.monotonic()
         try:
             if interactive:
                 with Live(console=console, refresh_per_second=4) as live:
                     result = asyncio.run(run_demo(
                         stack, seconds, seed,
-                        on_progress=lambda s: live.update(_fleet_table(s, started, seconds)),
+                        on_progress=lambda s: live.update(_fleet_table(s, seconds)),
                         progress=lambda m: live.console.print(f"[dim]… {m}[/dim]", highlight=False)))
             else:
                 result = asyncio.run(run_demo(

@@ -46,6 +46,7 @@ class FleetStats:
     enforcements: list[Enforcement] = field(default_factory=list)
     tasks_killed: Counter[str] = field(default_factory=Counter)
     spilled: int = 0
+    started_monotonic: float = 0.0
 
     @property
     def events_sent(self) -> int:
@@ -139,7 +140,7 @@ class FleetRunner:
 
     async def run(self, seconds: float) -> FleetStats:
         """Run every agent until `seconds` pass; agents paused at that point are stopped too."""
-        self._started = time.monotonic()
+        self._started = self.stats.started_monotonic = time.monotonic()
         deadline = self._started + seconds
         agents = [asyncio.create_task(self._agent(p, deadline)) for p in self.profiles]
         progress = asyncio.create_task(self._progress(deadline))
