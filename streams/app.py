@@ -12,6 +12,7 @@ partitions. Policies are re-read from the start of the compacted topic at every 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,16 @@ from streams.state import decode_rollup, encode_state
 log = structlog.get_logger(__name__)
 
 ROLLUPS = "budget.rollups"
+
+
+def quiet_client_debug_logs() -> None:
+    """Faust's worker leaves the root logger at DEBUG (handlers filter), so aiokafka and Faust
+    built a LogRecord, stack walk included, for every Kafka request and every message sent:
+    ~7% of the worker's CPU in a profile. Their debug lines are dropped here, info and up kept."""
+    for name in ("aiokafka", "faust"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:  # an explicit level set by someone else stands
+            logger.setLevel(logging.INFO)
 
 
 def topic_names(prefix: str = "") -> dict[str, str]:
@@ -100,6 +111,7 @@ class Processor:
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
                       "batches": 0, "rollups": 0}
         self._restored = {"engine": False, "merger": False}
+        quiet_client_debug_logs()
         app = self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{settings.bootstrap}",
