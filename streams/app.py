@@ -159,11 +159,15 @@ class Processor:
     # --- agents ------------------------------------------------------------------------------
 
     async def _usage_agent(self, stream: faust.StreamT) -> None:
-        await self.policies_ready.wait()
         self._stream = stream
         self._last_flush = self.loop_time()
         try:
+            # iterate first, wait for the policies inside: Faust hands a topic's messages only to
+            # streams already iterating (Topic.__aiter__ registers with the conductor), so a message
+            # fetched while the agent waited was dropped, unacked and never re-fetched: after a
+            # restart the backlog sat unprocessed until the next restart (the kill -9 test's flake)
             async for events in stream.noack_take(self.batch_max, within=self.batch_within):
+                await self.policies_ready.wait()
                 if not self._restored["engine"]:
                     self._restored["engine"] = True
                     n = self.engine.restore(list(self.state_table.data.items()))
@@ -251,8 +255,8 @@ class Processor:
             self.stats["rollups"] += 1
 
     async def _rollup_agent(self, stream: faust.StreamT) -> None:
-        await self.policies_ready.wait()
-        async for events in stream.take_events(1_000, within=0.005):
+        async for events in stream.take_events(1_000, within=0.005):  # iterate first: see _usage_agent
+            await self.policies_ready.wait()
             if not self._restored["merger"]:
                 self._restored["merger"] = True
                 self.merger.restore(list(self.merger_table.data.items()))
