@@ -110,7 +110,8 @@ class Processor:
         self.policies_ready = asyncio.Event()
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
                       "batches": 0, "rollups": 0}
-        self._restored = {"engine": False, "merger": False}
+        self._restored_merger = False
+        self._owned: set[int] = set()  # usage partitions whose state the engine holds
         quiet_client_debug_logs()
         app = self.app = faust.App(
             settings.app_id,
@@ -144,11 +145,11 @@ class Processor:
         table = {"key_type": bytes, "value_type": bytes}
         self.state_table = app.Table("processor-state", partitions=settings.partitions, **table)
         self.merger_table = app.Table("merger-state", partitions=1, **table)
+        self.state_table.on_recover(self._state_recovered)
         if settings.role in ("all", "processor"):
             app.agent(self.usage_topic, name="usage")(self._usage_agent)
             app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
             app.timer(rollup_interval)(self._flush_rollups)
-            app.timer(state_interval)(self._flush_state_timer)
             app.task(self._policy_task)
             if status_file is not None:
                 self.status_file = status_file
@@ -161,6 +162,7 @@ class Processor:
     async def _usage_agent(self, stream: faust.StreamT) -> None:
         self._stream = stream
         self._last_flush = self.loop_time()
+        flusher = asyncio.ensure_future(self._flush_idle_state())
         try:
             # iterate first, wait for the policies inside: Faust hands a topic's messages only to
             # streams already iterating (Topic.__aiter__ registers with the conductor), so a message
@@ -168,10 +170,6 @@ class Processor:
             # restart the backlog sat unprocessed until the next restart (the kill -9 test's flake)
             async for events in stream.noack_take(self.batch_max, within=self.batch_within):
                 await self.policies_ready.wait()
-                if not self._restored["engine"]:
-                    self._restored["engine"] = True
-                    n = self.engine.restore(list(self.state_table.data.items()))
-                    log.info("processor.restored", records=n, agents=len(self.engine.agents))
                 async with self._batch_lock:
                     self._clean = False
                     await self.process_batch(events)
@@ -180,21 +178,50 @@ class Processor:
                     if self.loop_time() - self._last_flush >= self.state_interval:
                         await self._flush_state()
         finally:  # a clean stop keeps what was counted; never a batch stopped halfway through its sends
+            flusher.cancel()
             if self._unacked and self._clean:
                 try:
                     await self._flush_state()
                 except Exception as err:  # noqa: BLE001 - stopping anyway; the next start replays
                     log.warning("processor.final_flush_failed", error=str(err))
 
+    async def _state_recovered(self) -> None:
+        """After every rebalance's table recovery, before the streams resume: forget the partitions
+        taken away, load the newly assigned ones (Faust has just read their changelog)."""
+        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names[USAGE]}
+        async with self._batch_lock:
+            gained = active - self._owned
+            dropped = self.engine.drop_partitions(self._owned - active)
+            store = self.state_table.data
+            key_partition = store._key_partition  # the memory store's own map, filled by recovery and _write_state
+            records: dict[int, list[tuple[bytes, bytes]]] = {}
+            for key, value in store.data.items():
+                p = key_partition.get(key)
+                if p in gained:
+                    records.setdefault(p, []).append((key, value))
+            n = sum(self.engine.restore(items, partition=p) for p, items in records.items())
+            self._owned = active
+        log.info("processor.restored", partitions=sorted(active), gained=sorted(gained), records=n,
+                 dropped_agents=dropped, agents=len(self.engine.agents))
+
     @staticmethod
     def loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    async def _flush_state_timer(self) -> None:
-        """Flushes what the agent left unwritten when no batch came to do it."""
-        if self._unacked and self.loop_time() - self._last_flush >= self.state_interval:
-            async with self._batch_lock:
-                await self._flush_state()
+    async def _flush_idle_state(self) -> None:
+        """Flushes what the agent left unwritten when no batch came to do it.
+
+        A plain asyncio loop, not a Faust timer: Faust's timers end as soon as the app starts
+        stopping, and its consumer then waits (`wait_empty`) for every event handed to the agent
+        to be acked, which only a flush does: with a timer, SIGTERM mid-stream hung forever."""
+        while True:
+            await asyncio.sleep(self.state_interval / 2)
+            if self._unacked and self.loop_time() - self._last_flush >= self.state_interval:
+                try:
+                    async with self._batch_lock:
+                        await self._flush_state()
+                except Exception as err:  # noqa: BLE001 - unacked events stay unacked: replayed, not lost
+                    log.warning("processor.flush_failed", error=str(err))
 
     async def _flush_state(self) -> None:
         """Changed records to the changelog, then ack their events: Faust flushes the producer
@@ -226,9 +253,11 @@ class Processor:
 
     def _write_state(self, writes: list[tuple[int, bytes, bytes]]) -> None:
         data = self.state_table.data
+        key_partition = data._key_partition  # so Faust drops the record when its partition is revoked
         send = self.state_table.send_changelog
         for partition, key, value in writes:
             data[key] = value
+            key_partition[key] = partition
             send(partition, key, value, key_serializer="raw", value_serializer="raw")
 
     async def _publish(self, decisions: list[Decision], commands: list[ControlCommand]) -> None:
@@ -257,8 +286,8 @@ class Processor:
     async def _rollup_agent(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(1_000, within=0.005):  # iterate first: see _usage_agent
             await self.policies_ready.wait()
-            if not self._restored["merger"]:
-                self._restored["merger"] = True
+            if not self._restored_merger:
+                self._restored_merger = True
                 self.merger.restore(list(self.merger_table.data.items()))
             rollups = []
             for e in events:

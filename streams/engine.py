@@ -157,6 +157,7 @@ class Engine:
         self._unsaved_agents: dict[str, tuple[AgentState, int]] = {}
         self._unsaved_tasks: dict[tuple[str, str], tuple[TaskState, int]] = {}
         self._unsaved_dims: dict[tuple[int, str, str], DimState] = {}
+        self._homes: dict[str, int] = {}  # agent → the partition its records are written to
         self._decode = UsageDecoder(now_ms).decode
         self.set_config(config)
 
@@ -173,15 +174,18 @@ class Engine:
             found = self._limits[agent_id] = self.config.agent_limits(agent_id)
         return found
 
-    def restore(self, items: Iterable[tuple[bytes, bytes]]) -> int:
-        """Load records recovered from the changelog; every dimension is re-announced to the merger."""
+    def restore(self, items: Iterable[tuple[bytes, bytes]], partition: int | None = None) -> int:
+        """Load records recovered from the changelog (of `partition`, when known); every dimension
+        is re-announced to the merger."""
         n = 0
+        homes: set[str] = set()
         tasks: list[tuple[str, str, TaskState]] = []
         seen: list[tuple[str, dict[int, int]]] = []
         for key, value in items:
             if key.startswith(AGENT_PREFIX):
                 state = decode_agent(value)
                 self.agents[state.agent_id] = state
+                homes.add(state.agent_id)
             elif key.startswith(SEEN_PREFIX):
                 seen.append((key[len(SEEN_PREFIX):].decode(), decode_seen(value)))
             elif key.startswith(TASK_PREFIX):
@@ -194,9 +198,32 @@ class Engine:
             n += 1
         for agent_id, task_id, task in tasks:  # after their agents, whatever the order of the changelog
             self.agents.setdefault(agent_id, AgentState(agent_id=agent_id)).tasks[task_id] = task
+            homes.add(agent_id)
         for agent_id, ids in seen:
             self.agents.setdefault(agent_id, AgentState(agent_id=agent_id)).seen = ids
+            homes.add(agent_id)
+        if partition is not None:
+            self._homes.update(dict.fromkeys(homes, partition))
         return n
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the state of partitions this process no longer owns: their new owner loads it
+        from the changelog, and a stale copy here would be counted on again if they came back."""
+        if not partitions:
+            return 0
+        gone = [a for a, p in self._homes.items() if p in partitions]
+        for agent_id in gone:
+            del self._homes[agent_id]
+            self.agents.pop(agent_id, None)
+            self._unsaved_agents.pop(agent_id, None)
+        self._unsaved_tasks = {k: v for k, v in self._unsaved_tasks.items() if v[1] not in partitions}
+        for dkey in [k for k in self.dims if k[0] in partitions]:
+            del self.dims[dkey]
+            self._unsaved_dims.pop(dkey, None)
+            self._dirty_dims.pop(dkey, None)
+        for p in partitions:
+            self._dirty_infos.pop(p, None)
+        return len(gone)
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -283,6 +310,7 @@ class Engine:
             if upto.get(p, 0) <= last[p]:
                 upto[p] = last[p] + 1
             self._unsaved_agents[name] = (state, p)
+            self._homes[name] = p
             self._dirty_infos.setdefault(p, {})[name] = state
             if pending.trigger:
                 for d in agent_decisions(em, state, self.limits(name), pending.max_ts, pending.trigger):

@@ -48,11 +48,6 @@ def union(*stores: list[dict[str, Any]]) -> tuple[dict[str, tuple[int, int]], in
     return {a: (t, n) for a, (t, n) in per_agent.items()}, len(rows), total - len(rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two processor bugs (streams/app.py): (1) SIGTERM mid-stream hangs the worker, Faust's wait_empty waits for "
-    "events left unacked in the take buffer (stream_wait_empty=False stops it but over-counted after kill -9 here); "
-    "(2) the worker that takes partitions over never loads their state: Processor restores the engine from the "
-    "changelog once, at its first batch, not on assignment"))
 async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exact_totals(
     kafka_bootstrap: str, workers: Callable[..., WorkerProcess]
 ) -> None:
