@@ -251,13 +251,17 @@ class Processor:
             self.deadletter_topic.send_soon(key=key, value=encode(letter))
         self._in_flight += await self._send(out.decisions, out.commands)
 
-    def _write_state(self, writes: list[tuple[int, bytes, bytes]]) -> None:
+    def _write_state(self, writes: list[tuple[int, bytes, bytes | None]]) -> None:
         data = self.state_table.data
         key_partition = data._key_partition  # so Faust drops the record when its partition is revoked
         send = self.state_table.send_changelog
         for partition, key, value in writes:
-            data[key] = value
-            key_partition[key] = partition
+            if value is None:  # a tombstone: compaction removes the record from the changelog
+                data.pop(key, None)
+                key_partition.pop(key, None)
+            else:
+                data[key] = value
+                key_partition[key] = partition
             send(partition, key, value, key_serializer="raw", value_serializer="raw")
 
     async def _publish(self, decisions: list[Decision], commands: list[ControlCommand]) -> None:

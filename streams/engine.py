@@ -31,6 +31,7 @@ from streams.state import (
     AgentInfo,
     AgentState,
     DimState,
+    TASKS_CAP,
     Rollup,
     TaskState,
     decode_agent,
@@ -157,6 +158,7 @@ class Engine:
         self._unsaved_agents: dict[str, tuple[AgentState, int]] = {}
         self._unsaved_tasks: dict[tuple[str, str], tuple[TaskState, int]] = {}
         self._unsaved_dims: dict[tuple[int, str, str], DimState] = {}
+        self._evicted_tasks: dict[tuple[str, str], int] = {}  # tombstones to write: (agent, task) → partition
         self._homes: dict[str, int] = {}  # agent → the partition its records are written to
         self._decode = UsageDecoder(now_ms).decode
         self.set_config(config)
@@ -217,6 +219,7 @@ class Engine:
             self.agents.pop(agent_id, None)
             self._unsaved_agents.pop(agent_id, None)
         self._unsaved_tasks = {k: v for k, v in self._unsaved_tasks.items() if v[1] not in partitions}
+        self._evicted_tasks = {k: p for k, p in self._evicted_tasks.items() if p not in partitions}
         for dkey in [k for k in self.dims if k[0] in partitions]:
             del self.dims[dkey]
             self._unsaved_dims.pop(dkey, None)
@@ -328,7 +331,13 @@ class Engine:
             agent.add_session(ev.session_id, tokens)
         if not ev.task_id:
             return
+        tasks = agent.tasks
+        if ev.task_id not in tasks and len(tasks) >= TASKS_CAP:  # agent.task() evicts the least recently active
+            evicted = (agent.agent_id, next(iter(tasks)))
+            self._unsaved_tasks.pop(evicted, None)
+            self._evicted_tasks[evicted] = p
         task = agent.task(ev.task_id, ev.ts_ms)
+        self._evicted_tasks.pop((agent.agent_id, ev.task_id), None)
         self._unsaved_tasks[(agent.agent_id, ev.task_id)] = (task, p)
         task.events += 1
         task.tokens += tokens
@@ -357,20 +366,22 @@ class Engine:
 
     # --- to the merger and the dashboard ----------------------------------------------------
 
-    def take_writes(self) -> list[tuple[int, bytes, bytes]]:
-        """Every record changed since the last call, encoded: (table partition, key, value).
+    def take_writes(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Every record changed since the last call, encoded: (table partition, key, value); value
+        None deletes the record (a task evicted from memory, so the changelog does not grow with tasks).
 
         Tasks and recent-id sets are records of their own, so a flush rewrites only the tasks
         touched and the agent record stays small. Call it only once the decisions of the
         processed batches are published: a record carries the `fired` ids of its decisions.
         """
-        writes = []
+        writes: list[tuple[int, bytes, bytes | None]] = [
+            (p, task_key(a, t), None) for (a, t), p in self._evicted_tasks.items()]
         for agent_id, (agent, p) in self._unsaved_agents.items():
             writes.append((p, agent_key(agent_id), encode_state(msgspec.structs.replace(agent, tasks={}, seen={}))))
             writes.append((p, SEEN_PREFIX + agent_id.encode(), encode_state(agent.seen)))
         writes += [(p, task_key(a, t), encode_state(task)) for (a, t), (task, p) in self._unsaved_tasks.items()]
         writes += [(dkey[0], dim_key(*dkey), encode_state(dim)) for dkey, dim in self._unsaved_dims.items()]
-        self._unsaved_agents, self._unsaved_tasks, self._unsaved_dims = {}, {}, {}
+        self._unsaved_agents, self._unsaved_tasks, self._unsaved_dims, self._evicted_tasks = {}, {}, {}, {}
         return writes
 
     def take_rollups(self) -> list[Rollup]:
