@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.types import EventT
 
+from ops.kafka.settings import client_options_from_env, faust_credentials
 from ops.kafka.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE, topic_specs
 from schemas.codec import BadInput, decode_policy, encode
 from schemas.contract import ControlCommand, Decision
@@ -116,6 +117,7 @@ class Processor:
         app = self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{settings.bootstrap}",
+            broker_credentials=faust_credentials(client_options_from_env()),  # SASL/SSL from the environment
             store="memory://",
             datadir=str(settings.state_dir / "faust"),
             key_serializer="raw",
@@ -311,7 +313,7 @@ class Processor:
         """Read `budget.policies` from the start (it is compacted: the current settings), then follow it."""
         name = self.names[POLICIES]
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", **client_options_from_env())
         await consumer.start()
         try:
             await consumer.topics()  # loads metadata
