@@ -101,3 +101,24 @@ def test_merger_is_idempotent_and_sums_partitions() -> None:
     assert restored.status()["global"]["tokens_today"] == 1010
     assert restored.apply(rollups).decisions == []  # stale snapshots ignored, fired set restored
     assert restored.status()["global"]["tokens_today"] == 1010
+
+
+def test_evicted_tasks_leave_tombstones_and_a_restore_keeps_only_live_tasks() -> None:
+    from streams.state import TASKS_CAP
+
+    engine = Engine(CONFIG, FakeClock())
+    extra = 10
+    engine.process(msgs([encode(ev(i, task_id=f"t{i}")) for i in range(TASKS_CAP + extra)]))
+    writes = engine.take_writes()
+    tombstones = [key for _, key, value in writes if value is None]
+    assert len(tombstones) == extra  # one per task evicted at the cap, the oldest first
+    assert len(engine.agents["a"].tasks) == TASKS_CAP
+    assert tokens(engine) == 10 * (TASKS_CAP + extra)  # eviction drops task state, never the agent's totals
+
+    live = {key: value for _, key, value in writes if value is not None}
+    for key in tombstones:
+        live.pop(key, None)  # what a compacted changelog keeps
+    restored = Engine(CONFIG, FakeClock())
+    restored.restore(live.items(), partition=0)
+    assert set(restored.agents["a"].tasks) == set(engine.agents["a"].tasks)
+    assert tokens(restored) == tokens(engine)
