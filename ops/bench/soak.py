@@ -79,6 +79,10 @@ class Sample:
 class ProbeResult:
     t_s: float  # soak time the loop was completed
     latency_ms: float | None  # None: no kill_task arrived within the timeout
+    # wall-clock ms of each hop, where the loop event is produced (t0) → broker-acked → the
+    # engine decided (the command's ts_ms) → the command is appended to the worker's producer
+    # (its Kafka timestamp) → consumed here; tells which hop a slow decision spent its time in
+    hops_ms: dict[str, float] | None = None
 
 
 @dataclass
@@ -152,6 +156,8 @@ def summarize(record: SoakRecord, config: SoakConfig, totals: dict[str, Any]) ->
         "latency_p99_ms": _round(percentile(latencies, 0.99)),
         "latency_max_ms": _round(max(latencies) if latencies else None),
         "probes": len(record.probes),
+        "hops_p50_ms": _hop_percentiles(record.probes, 0.5),
+        "hops_p99_ms": _hop_percentiles(record.probes, 0.99),
         "probes_missed": sum(1 for p in record.probes if p.latency_ms is None),
         "lag": lag,
         "worker_cpu_pct_mean": round(statistics.fmean([s.worker_cpu_pct for s in steady]), 1) if steady else None,
@@ -161,6 +167,11 @@ def summarize(record: SoakRecord, config: SoakConfig, totals: dict[str, Any]) ->
         "memory_target_pct": MEMORY_TARGET_PCT,
         **totals,
     }
+
+
+def _hop_percentiles(probes: Sequence[ProbeResult], q: float) -> dict[str, float | None]:
+    names = next((list(p.hops_ms) for p in probes if p.hops_ms), [])
+    return {name: _round(percentile([p.hops_ms[name] for p in probes if p.hops_ms], q)) for name in names}
 
 
 def _round(value: float | None) -> float | None:
@@ -205,7 +216,7 @@ class Probe:
         self._bootstrap = bootstrap
         self._started = started
         self._timeout_s = timeout_s
-        self._pending: dict[str, tuple[float, asyncio.Future[float]]] = {}
+        self._pending: dict[str, tuple[float, asyncio.Future[tuple[float, int, int, float]]]] = {}
         self.results: list[ProbeResult] = []
 
     async def _listen(self, consumer: AIOKafkaConsumer) -> None:
@@ -215,28 +226,34 @@ class Probe:
             cmd = decode_control(msg.value)
             entry = self._pending.get(cmd.task_id)
             if cmd.command == "kill_task" and entry and not entry[1].done():
-                entry[1].set_result(time.perf_counter())
+                entry[1].set_result((time.perf_counter(), cmd.ts_ms, msg.timestamp, time.time() * 1000))
 
     async def _one(self, producer: AIOKafkaProducer, n: int, run: str) -> None:
         task_id = f"probe-{run}-{n}"
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[float, int, int, float]] = asyncio.get_running_loop().create_future()
         key = self.agent_id.encode()
         for step in range(LOOP_REPEATS):
             ev = UsageEvent(event_id=f"{task_id}-{step}", ts_ms=time.time_ns() // 1_000_000, agent_id=self.agent_id,
                             task_id=task_id, step=step, model="gpt-4o-mini", provider="openai", input_tokens=10,
                             output_tokens=5, prompt_hash="same-prompt")
             if step == LOOP_REPEATS - 1:
-                t0 = time.perf_counter()
+                t0, wall0 = time.perf_counter(), time.time() * 1000
                 self._pending[task_id] = (t0, fut)
                 await producer.send_and_wait(USAGE, encode(ev), key=key)
+                acked = time.time() * 1000
             else:
                 await producer.send(USAGE, encode(ev), key=key)
+        hops: dict[str, float] | None = None
         try:
-            latency: float | None = (await asyncio.wait_for(fut, self._timeout_s) - t0) * 1000
+            done, decided_ms, appended_ms, consumed_ms = await asyncio.wait_for(fut, self._timeout_s)
+            latency: float | None = (done - t0) * 1000
+            hops = {"produce_ack": round(acked - wall0, 1), "to_decision": round(decided_ms - acked, 1),
+                    "decision_to_send": round(appended_ms - decided_ms, 1),
+                    "send_to_consumed": round(consumed_ms - appended_ms, 1)}
         except asyncio.TimeoutError:
             latency = None
         self._pending.pop(task_id, None)
-        self.results.append(ProbeResult(round(t0 - self._started, 2), latency))
+        self.results.append(ProbeResult(round(t0 - self._started, 2), latency, hops))
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(CONTROL, bootstrap_servers=self._bootstrap, group_id=None,
