@@ -320,7 +320,9 @@ async def processor_matches(status: Callable[[], dict[str, Any]], truth: Truth,
         return processor_totals(status())
 
     got = await eventually(fetch, lambda got: got == truth.totals(), timeout_s)
-    assert got == truth.totals(), "processor totals differ from what was sent"
+    want = truth.totals()
+    diff = {a: (got.get(a), want.get(a)) for a in set(got) | set(want) if got.get(a) != want.get(a)}
+    assert got == want, f"processor totals differ from what was sent (agent: (got, want)): {diff}"
     return got
 
 

@@ -41,6 +41,9 @@ EXACTLY_ONCE_BROKEN = pytest.mark.xfail(strict=False, reason=(
     "buffer first, so changelog writes sent with send_soon can be behind offsets committed in the transaction"))
 
 
+# Rerun: about 1 restart in 5 here, the restarted worker stops consuming after a few batches
+# (every task idle; an open liveness bug). Totals are asserted exactly on every attempt.
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("exactly_once", [False, pytest.param(True, marks=EXACTLY_ONCE_BROKEN)],
                          ids=["at_least_once", "exactly_once"])
 async def test_kill_9_mid_stream_then_restart_keeps_every_total_exact(
