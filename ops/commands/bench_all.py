@@ -7,18 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ops.commands.bench import bench_app
-from ops.commands.common import err_console, fail
+from ops.commands.bench import bench_app, progress
+from ops.commands.common import fail
 
 __all__ = ["register"]
 
 SoakSeconds = Annotated[float, typer.Option("--soak-seconds", min=10, help="How long the soak runs.")]
 Rate = Annotated[int, typer.Option("--rate", min=1, help="Soak load, events/s.")]
 Agents = Annotated[int, typer.Option("--agents", min=1, help="Simulated agents in the soak load.")]
-
-
-def _progress(msg: str) -> None:
-    err_console.print(f"[dim]… {msg}[/dim]", highlight=False)
 
 
 @bench_app.command("all")
@@ -38,7 +34,7 @@ def bench_all(
         skipped = parse_skip(skip)
     except ValueError as err:
         fail(str(err))
-    result = run_all(SoakConfig(seconds=soak_seconds, rate=rate, agents=agents), skipped, out_dir, _progress)
+    result = run_all(SoakConfig(seconds=soak_seconds, rate=rate, agents=agents), skipped, out_dir, progress)
     if as_json:
         print(json.dumps(result))
         return
@@ -58,7 +54,7 @@ def bench_soak(
     from ops.bench.all import summary_lines
     from ops.bench.soak import SoakConfig, run, write_chart
 
-    result = run(SoakConfig(seconds=seconds, rate=rate, agents=agents), _progress)
+    result = run(SoakConfig(seconds=seconds, rate=rate, agents=agents), progress)
     if chart is not None:
         write_chart(result, chart)
     if as_json:

@@ -1,14 +1,11 @@
 """`budgetwarden bench client`: record() cost, publish rate and kill latency of the agent client."""
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
-import msgspec
 import typer
 
-from ops.commands.bench import bench_app
-from ops.commands.common import err_console
+from ops.commands.bench import BootstrapOption, JsonFlag, bench_app, emit_json, progress
 
 __all__ = ["register"]
 
@@ -18,15 +15,15 @@ def bench_client(
     calls: Annotated[int, typer.Option("--calls", min=1000, help="record() calls timed.")] = 100_000,
     events: Annotated[int, typer.Option("--events", min=1000, help="Events published for the rate.")] = 200_000,
     kills: Annotated[int, typer.Option("--kills", min=1, help="kill_task commands timed.")] = 50,
-    bootstrap: Annotated[str | None, typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP", help="Use this broker instead of a throwaway one.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    bootstrap: BootstrapOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """p50/p99 µs added by record(), events/s one client publishes, kill latency p50/p99 ms."""
     from ops.bench.client import run
 
-    result = run(calls, events, kills, bootstrap, lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+    result = run(calls, events, kills, bootstrap, progress)
     if as_json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        emit_json(result)
         return
     print(f"record():  p50 {result['record_p50_us']} µs   p99 {result['record_p99_us']} µs   "
           f"(target p99 < 100 µs; {result['record_calls']:,} calls)")

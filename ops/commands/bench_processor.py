@@ -1,27 +1,26 @@
 """`budgetwarden bench processor`: events/s of bare vs naive vs this processor, and decision latency."""
 from __future__ import annotations
 
-import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ops.commands.bench import bench_app
-from ops.commands.common import console, err_console
+from ops.commands.bench import BootstrapOption, JsonFlag, bench_app, emit_json, progress
+from ops.commands.common import console
 
 
 @bench_app.command("processor")
 def bench_processor(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
+    as_json: JsonFlag = False,
     events: Annotated[int, typer.Option("--events", min=1_000, help="Events for (a) and (c); (b) a third, (d) 10x")] = 30_000,
-    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Reuse a broker instead of starting one")] = None,
+    bootstrap: BootstrapOption = None,
 ) -> None:
     """One broker, one run: (a) bare Faust, (b) naive Faust tables, (c) processor, (d) batch envelopes, latency."""
     from ops.bench.processor import run
 
-    result = run(bootstrap, events, progress=lambda m: err_console.print(f"[dim]… {m}[/dim]", highlight=False))
+    result = run(bootstrap, events, progress=progress)
     if as_json:
-        print(json.dumps(result))
+        emit_json(result)
         return
     console.print(
         f"(a) bare Faust agent      {result['bare_eps']:>9,} events/s\n"

@@ -1,14 +1,11 @@
 """`budgetwarden bench sink`: the sink's throughput next to a bare chDB INSERT, and query times."""
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
-import msgspec
 import typer
 
-from ops.commands.bench import bench_app
-from ops.commands.common import err_console
+from ops.commands.bench import BootstrapOption, JsonFlag, bench_app, emit_json, progress
 
 __all__ = ["register"]
 
@@ -18,15 +15,15 @@ def bench_sink(
     rows: Annotated[int, typer.Option("--rows", min=1000, help="Events through Kafka -> writer -> chDB.")] = 300_000,
     query_rows: Annotated[int, typer.Option("--query-rows", min=0, help="Events generated in chDB for the query timings (0 skips).")] = 10_000_000,
     per_message: Annotated[int, typer.Option("--per-message", min=1, max=5000, help="Events per Kafka message (1 = singles; >1 = usage_batch envelopes).")] = 1,
-    bootstrap: Annotated[str | None, typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP", help="Use this broker instead of a throwaway one.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    bootstrap: BootstrapOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Rows/s from Kafka into chDB through the writer vs one bare INSERT; attribution query times."""
     from ops.bench.sink import run
 
-    result = run(rows, query_rows, per_message, bootstrap, lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+    result = run(rows, query_rows, per_message, bootstrap, progress)
     if as_json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        emit_json(result)
         return
     print(f"sink:  {result['sink_rows_per_s']:>10,} rows/s  ({result['rows']:,} rows in {result['sink_seconds']} s, "
           f"{per_message} event(s)/message)")
