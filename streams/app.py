@@ -62,6 +62,25 @@ class _PromptFetchConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def perform_seek(self) -> None:
+        """Faust's recovery resumes the stream partitions, with the consumer's flow already on
+        (it was turned on to read the changelogs), and only then seeks them to their committed
+        offsets. While that seek awaited the broker, the fetch loop handed records to streams
+        that skip them (flow control still suspended) yet moved its read offset to the last one;
+        the seek then re-fetched from the committed offset and the loop dropped every record
+        below that read offset as already read, and the aiokafka position had moved past them.
+        Seen after a kill -9 restart: offsets 34-130 of a partition never reached the agent,
+        and Faust's gap tracking then committed past them (events lost for good). The flow is
+        stopped for the duration of the seek, so the loop reads nothing until the read offsets
+        and positions agree again."""
+        resume = self.flow_active
+        self.stop_flow()
+        try:
+            await super().perform_seek()
+        finally:
+            if resume:
+                self.resume_flow()
+
 
 def quiet_client_debug_logs() -> None:
     """Faust's worker leaves the root logger at DEBUG (handlers filter), so aiokafka and Faust
@@ -131,7 +150,8 @@ class Processor:
         self._clean = True  # no batch is halfway through
         self.policies_ready = asyncio.Event()
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
-                      "batches": 0, "rollups": 0}
+                      "batches": 0, "rollups": 0, "redelivered": 0,
+                      "offset_gaps": 0}
         self._restored_merger = False
         self._owned: set[int] = set()  # usage partitions whose state the engine holds
         quiet_client_debug_logs()
@@ -268,6 +288,11 @@ class Processor:
         s["messages"] += len(msgs)
         s["events"] += out.counted
         s["duplicates"] += out.duplicates
+        s["redelivered"] += out.redelivered
+        s["offset_gaps"] += len(out.gaps)
+        for partition, expected, got in out.gaps:
+            log.warning("usage.offset_gap", partition=partition, expected=expected, got=got,
+                        hint="messages skipped by the consumer are not counted (or transaction markers)")
         s["dead_letters"] += len(out.dead_letters)
         for key, letter in out.dead_letters:
             log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
@@ -395,4 +420,3 @@ class Processor:
             "recent_decisions": to_builtins(recent),
             "stats": dict(self.stats),
         }
-

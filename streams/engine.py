@@ -114,6 +114,8 @@ class EngineOutput:
     dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
     counted: int = 0
     duplicates: int = 0
+    redelivered: int = 0  # messages handed twice by the consumer (a rebalance), skipped
+    gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (partition, expected offset, got)
 
 
 def agent_key(agent_id: str) -> bytes:
@@ -160,6 +162,9 @@ class Engine:
         self._unsaved_dims: dict[tuple[int, str, str], DimState] = {}
         self._evicted_tasks: dict[tuple[str, str], int] = {}  # tombstones to write: (agent, task) → partition
         self._homes: dict[str, int] = {}  # agent → the partition its records are written to
+        # partition → the offset after the last message seen: a message above it means the consumer
+        # skipped some (a lower one is a re-delivery after a seek, which `upto` handles)
+        self._next_offset: dict[int, int] = {}
         self._decode = UsageDecoder(now_ms).decode
         self.set_config(config)
 
@@ -206,6 +211,7 @@ class Engine:
             homes.add(agent_id)
         if partition is not None:
             self._homes.update(dict.fromkeys(homes, partition))
+            self._next_offset.pop(partition, None)  # a new owner starts at the committed offset
         return n
 
     def drop_partitions(self, partitions: set[int]) -> int:
@@ -226,27 +232,39 @@ class Engine:
             self._dirty_dims.pop(dkey, None)
         for p in partitions:
             self._dirty_infos.pop(p, None)
+            self._next_offset.pop(p, None)
         return len(gone)
 
     # --- the hot path ----------------------------------------------------------------------
 
     def process(self, messages: Sequence[Message]) -> EngineOutput:
-        """One batch. Offsets of a partition only grow within a batch, so whether a record has
-        already applied a message (`upto`) is decided once per record and partition per batch,
-        and the counts of one minute are summed before they reach the record's `Counter`."""
+        """One batch. Whether a record has already applied a message (`upto`) is decided once per
+        record and partition per batch, and the counts of one minute are summed before they reach
+        the record's `Counter`. That needs a partition's offsets to grow within the batch, which a
+        consumer breaks after a rebalance (it re-fetches from the committed offset while the
+        stream's buffer still holds the first copies): an offset not above the batch's last one
+        for its partition is a message already in this batch, skipped."""
         out = EngineOutput()
         subjects: dict[tuple[int, str, str], _Pending] = {}  # agents (p, "", id) and dims (p, dim, subject)
         last: dict[int, int] = {}  # partition → last offset of the batch
         price = self.catalog.price
         agents = self.agents
+        next_offset = self._next_offset
         for msg in messages:
+            p, o = msg.partition, msg.offset
+            if o <= last.get(p, -1):  # `fresh` below is per record and batch: a second copy would pass it
+                out.redelivered += 1
+                continue
+            last[p] = o
+            expected = next_offset.get(p, o)
+            if o > expected:  # the consumer skipped messages: `upto` would now pass over them for good
+                out.gaps.append((p, expected, o))
+            next_offset[p] = o + 1
             try:
                 events = self._decode(msg.value)
             except BadInput as err:
                 out.dead_letters.append((msg.key, dead_letter(msg, err, self.now_ms())))
                 continue
-            p, o = msg.partition, msg.offset
-            last[p] = o
             pos = position(p, o)
             for ev in events:
                 agent_id = ev.agent_id

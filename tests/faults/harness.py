@@ -323,6 +323,7 @@ async def processor_matches(status: Callable[[], dict[str, Any]], truth: Truth,
     want = truth.totals()
     diff = {a: (got.get(a), want.get(a)) for a in set(got) | set(want) if got.get(a) != want.get(a)}
     assert got == want, f"processor totals differ from what was sent (agent: (got, want)): {diff}"
+    assert status()["stats"]["offset_gaps"] == 0, "the consumer skipped usage messages (see usage.offset_gap)"
     return got
 
 

@@ -48,7 +48,6 @@ def union(*stores: list[dict[str, Any]]) -> tuple[dict[str, tuple[int, int]], in
     return {a: (t, n) for a, (t, n) in per_agent.items()}, len(rows), total - len(rows)
 
 
-@pytest.mark.flaky(reruns=4)  # same open liveness bug as the kill -9 restart (tests/faults/test_worker_crash.py)
 async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exact_totals(
     kafka_bootstrap: str, workers: Callable[..., WorkerProcess]
 ) -> None:

@@ -41,14 +41,7 @@ EXACTLY_ONCE_BROKEN = pytest.mark.xfail(strict=False, reason=(
     "buffer first, so changelog writes sent with send_soon can be behind offsets committed in the transaction"))
 
 
-# Open liveness bug: with processor and sink in one worker, the restarted worker often stops
-# consuming after a few batches (every task idle; 5 failed attempts in a row on 2026-11-23).
-# The processor-only restart (tests/integration/test_processor_fleet.py) passes and stays enforced.
-RESTART_STALLS = pytest.mark.xfail(strict=False, reason=(
-    "restarted worker (processor + sink) stops consuming after a few batches: open liveness bug"))
-
-
-@pytest.mark.parametrize("exactly_once", [pytest.param(False, marks=RESTART_STALLS),
+@pytest.mark.parametrize("exactly_once", [pytest.param(False),
                                           pytest.param(True, marks=EXACTLY_ONCE_BROKEN)],
                          ids=["at_least_once", "exactly_once"])
 async def test_kill_9_mid_stream_then_restart_keeps_every_total_exact(

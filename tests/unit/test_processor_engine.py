@@ -122,3 +122,27 @@ def test_evicted_tasks_leave_tombstones_and_a_restore_keeps_only_live_tasks() ->
     restored.restore(live.items(), partition=0)
     assert set(restored.agents["a"].tasks) == set(engine.agents["a"].tasks)
     assert tokens(restored) == tokens(engine)
+
+
+def test_a_message_redelivered_within_one_batch_counts_once() -> None:
+    """After a rebalance the consumer can hand the same offsets again while earlier copies are still
+    in the stream's buffer, so one batch holds a message twice: the kill -9 test counted 151 of 150."""
+    engine = Engine(CONFIG, FakeClock())
+    values = [encode(ev(1)), encode_batch([ev(2), ev(3)]), encode(ev(4))]
+    first = msgs(values, start=100)
+    out = engine.process([*first, *first[1:]])  # offsets 100, 101, 102, then 101, 102 again
+    assert (out.counted, out.redelivered, tokens(engine)) == (4, 2, 40)
+    assert engine.dims[(0, "global", "global")].counter.day_tokens == 40
+    assert engine.agents["a"].duplicates == 0  # not the producer's duplicates: the same message
+
+
+def test_messages_the_consumer_skipped_are_reported_as_offset_gaps() -> None:
+    """A forward jump in a partition's offsets is reported (the Faust seek race lost such messages
+    for good); a jump back, the consumer re-reading after a seek, is not a gap."""
+    engine = Engine(CONFIG, FakeClock())
+    assert engine.process(msgs([encode(ev(i)) for i in range(3)], start=10)).gaps == []
+    out = engine.process([*msgs([encode(ev(3))], start=13), *msgs([encode(ev(4))], start=20),
+                          *msgs([encode(ev(5))], partition=1, start=7)])
+    assert out.gaps == [(0, 14, 20)]  # partition 1 had no baseline yet
+    assert engine.process(msgs([encode(ev(i)) for i in range(3)], start=10)).gaps == []  # re-read after a seek
+    assert tokens(engine) == 60
