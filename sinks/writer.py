@@ -100,6 +100,9 @@ class SinkWriter:
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # a worker in exactly-once mode publishes decisions in transactions; one a crash aborted
+            # is published again, possibly with another trigger (another id): never store the first
+            isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             **(consumer_options or {}),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -59,8 +59,18 @@ class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _PromptFetchConsumer(faust_aiokafka.Consumer):
+    # exactly-once: held while a batch is between its first send and the state and acks that close
+    # it, so a transaction never commits a decision without the state that records it as fired
+    commit_guard: asyncio.Lock | None = None
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if self.commit_guard is None:
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        async with self.commit_guard:
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
     async def perform_seek(self) -> None:
         """Faust's recovery resumes the stream partitions, with the consumer's flow already on
@@ -206,6 +216,13 @@ class Processor:
     async def _usage_agent(self, stream: faust.StreamT) -> None:
         self._stream = stream
         self._last_flush = self.loop_time()
+        if self.app.in_transaction:
+            # a Faust commit (every second, at any await) ends the transactions: only between
+            # batches, and every batch leaves its state written and its events acked
+            self.state_interval = 0.0
+            consumer = self.app.consumer
+            if isinstance(consumer, _PromptFetchConsumer):
+                consumer.commit_guard = self._batch_lock
         flusher = asyncio.ensure_future(self._flush_idle_state())
         try:
             # iterate first, wait for the policies inside: Faust hands a topic's messages only to
@@ -274,6 +291,7 @@ class Processor:
         in_flight, self._in_flight = self._in_flight, []
         await asyncio.gather(*in_flight)  # the decisions first, then the state that records them as fired
         self._write_state(self.engine.take_writes())
+        await self._flush_transaction()
         events, self._unacked = self._unacked, []
         assert self._stream is not None
         ack = self._stream.ack
@@ -294,11 +312,18 @@ class Processor:
             log.warning("usage.offset_gap", partition=partition, expected=expected, got=got,
                         hint="messages skipped by the consumer are not counted (or transaction markers)")
         s["dead_letters"] += len(out.dead_letters)
+        usage = self.names[USAGE]
         for key, letter in out.dead_letters:
             log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
                         offset=letter.offset)
-            self.deadletter_topic.send_soon(key=key, value=encode(letter))
-        self._in_flight += await self._send(out.decisions, out.commands)
+            txn = self._transaction_of(usage, letter.partition)
+            if txn is None:
+                self.deadletter_topic.send_soon(key=key, value=encode(letter))
+            else:
+                self._in_flight.append(await self._produce(self.deadletter_topic, key, encode(letter), txn))
+        home = self.engine.home
+        self._in_flight += await self._send(out.decisions, out.commands,
+                                            lambda agent_id: self._transaction_of(usage, home(agent_id)))
 
     def _write_state(self, writes: list[tuple[int, bytes, bytes | None]]) -> None:
         data = self.state_table.data
@@ -313,23 +338,45 @@ class Processor:
                 key_partition[key] = partition
             send(partition, key, value, key_serializer="raw", value_serializer="raw")
 
-    async def _publish(self, decisions: list[Decision], commands: list[ControlCommand]) -> None:
+    async def _publish(self, decisions: list[Decision], commands: list[ControlCommand],
+                       transaction: Callable[[str], str | None]) -> None:
         """Send and wait until acknowledged: BEFORE the state that records them is written,
         so a crash can repeat a decision (same id), never lose one."""
-        await asyncio.gather(*await self._send(decisions, commands))
+        await asyncio.gather(*await self._send(decisions, commands, transaction))
 
-    async def _send(self, decisions: list[Decision], commands: list[ControlCommand]) -> list[asyncio.Future[Any]]:
-        """Commands first (they stop agents), then decisions; returns the futures of their acks."""
+    async def _send(self, decisions: list[Decision], commands: list[ControlCommand],
+                    transaction: Callable[[str], str | None]) -> list[asyncio.Future[Any]]:
+        """Commands first (they stop agents), then decisions; returns the futures of their acks.
+        `transaction(agent_id)` names the exactly-once transaction of the batch that decided."""
         if not decisions and not commands:
             return []
-        futures = [await self.control_topic.send(key=c.agent_id.encode(), value=encode(c)) for c in commands]
-        futures += [await self.decisions_topic.send(key=d.subject.encode(), value=encode(d)) for d in decisions]
+        produce = self._produce
+        futures = [await produce(self.control_topic, c.agent_id.encode(), encode(c), transaction(c.agent_id))
+                   for c in commands]
+        futures += [await produce(self.decisions_topic, d.subject.encode(), encode(d), transaction(d.agent_id))
+                    for d in decisions]
         self.stats["decisions"] += len(decisions)
         self.stats["commands"] += len(commands)
         for d in decisions:
             log.info("decision", rule=d.rule, action=d.action, scope=d.scope, subject=d.subject, observed=d.observed,
                      limit=d.limit, decision_id=d.decision_id)
         return futures
+
+    def _transaction_of(self, topic: str, partition: int | None) -> str | None:
+        """Under exactly-once, what a batch from `partition` of `topic` produces belongs to that
+        partition's transaction, committed with its offsets and its changelog writes. Faust picks
+        the transaction of the partition a record is sent TO, and none for a topic the app does
+        not consume: decisions went out outside any transaction, and after a kill -9 the aborted
+        state re-published them (a decision twice under read_committed, 4 runs of 4)."""
+        if not self.app.in_transaction or partition is None:
+            return None
+        return f"{self.app.conf.id}-{self.app.assignor.group_for_topic(topic)}-{partition}"
+
+    async def _produce(self, topic: faust.TopicT, key: bytes, value: bytes, transaction: str | None) -> Any:
+        if transaction is None:
+            return await topic.send(key=key, value=value)
+        return await self.app.producer.send(topic.get_topic_name(), key, value, None, None, None,
+                                            transactional_id=transaction)
 
     async def _flush_rollups(self) -> None:
         for rollup in self.engine.take_rollups():
@@ -339,20 +386,37 @@ class Processor:
     async def _rollup_agent(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(1_000, within=0.005):  # iterate first: see _usage_agent
             await self.policies_ready.wait()
-            if not self._restored_merger:
-                self._restored_merger = True
-                self.merger.restore(list(self.merger_table.data.items()))
-            rollups = []
-            for e in events:
-                try:
-                    rollups.append(decode_rollup(e.message.value))
-                except Exception as err:  # noqa: BLE001 - an internal topic; skip what we cannot read
-                    log.error("rollup.undecodable", error=str(err), offset=e.message.offset)
-            out = self.merger.apply(rollups)
-            await self._publish(out.decisions, out.commands)
-            for key, value in out.writes:
-                self.merger_table.data[key] = value
-                self.merger_table.send_changelog(0, key, value, key_serializer="raw", value_serializer="raw")
+            if self.app.in_transaction:  # see commit_guard: decisions and merger state commit together
+                async with self._batch_lock:
+                    await self._merge(events)
+            else:
+                await self._merge(events)
+
+    async def _merge(self, events: Sequence[EventT]) -> None:
+        if not self._restored_merger:
+            self._restored_merger = True
+            self.merger.restore(list(self.merger_table.data.items()))
+        rollups = []
+        for e in events:
+            try:
+                rollups.append(decode_rollup(e.message.value))
+            except Exception as err:  # noqa: BLE001 - an internal topic; skip what we cannot read
+                log.error("rollup.undecodable", error=str(err), offset=e.message.offset)
+        out = self.merger.apply(rollups)
+        rollups_txn = self._transaction_of(self.names[ROLLUPS], 0)
+        await self._publish(out.decisions, out.commands, lambda _agent: rollups_txn)
+        for key, value in out.writes:
+            self.merger_table.data[key] = value
+            self.merger_table.send_changelog(0, key, value, key_serializer="raw", value_serializer="raw")
+        await self._flush_transaction()
+
+    async def _flush_transaction(self) -> None:
+        """Faust's transactional commit does not flush its send buffer: a changelog write still
+        in it would land in the NEXT transaction while this one commits the offsets it covers
+        (a kill -9 then lost counted events). So, under exactly-once, the buffer is emptied
+        before a batch's events are acknowledged."""
+        if self.app.in_transaction:
+            await self.app.producer.flush()
 
     # --- policies ------------------------------------------------------------------------------
 

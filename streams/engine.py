@@ -214,6 +214,10 @@ class Engine:
             self._next_offset.pop(partition, None)  # a new owner starts at the committed offset
         return n
 
+    def home(self, agent_id: str) -> int | None:
+        """The partition the agent's usage comes from (and its records go to)."""
+        return self._homes.get(agent_id)
+
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget the state of partitions this process no longer owns: their new owner loads it
         from the changelog, and a stale copy here would be counted on again if they came back."""
@@ -273,6 +277,7 @@ class Engine:
                     agent = agents.get(agent_id)
                     if agent is None:
                         agent = agents[agent_id] = AgentState(agent_id=agent_id)
+                    self._homes[agent_id] = p  # before any decision of this batch: see home()
                     pa = subjects[(p, "", agent_id)] = _Pending(agent, agent.upto.get(p, 0), self.calendar, True)
                 agent = pa.state
                 fresh = o >= pa.since  # not yet applied to this agent (a replay after a crash is not)
@@ -331,7 +336,6 @@ class Engine:
             if upto.get(p, 0) <= last[p]:
                 upto[p] = last[p] + 1
             self._unsaved_agents[name] = (state, p)
-            self._homes[name] = p
             self._dirty_infos.setdefault(p, {})[name] = state
             if pending.trigger:
                 for d in agent_decisions(em, state, self.limits(name), pending.max_ts, pending.trigger):

@@ -35,15 +35,7 @@ async def send_chunks(bootstrap: str, topic: str, chunks: list[list[UsageEvent]]
         await asyncio.sleep(0.1)
 
 
-EXACTLY_ONCE_BROKEN = pytest.mark.xfail(strict=False, reason=(
-    "exactly_once loses state after kill -9 (2 of 3 runs: 4-48 events per agent) and once re-published a decision: "
-    "Faust's transactional commit (Consumer._commit_offsets, in_transaction branch) does not flush the producer "
-    "buffer first, so changelog writes sent with send_soon can be behind offsets committed in the transaction"))
-
-
-@pytest.mark.parametrize("exactly_once", [pytest.param(False),
-                                          pytest.param(True, marks=EXACTLY_ONCE_BROKEN)],
-                         ids=["at_least_once", "exactly_once"])
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at_least_once", "exactly_once"])
 async def test_kill_9_mid_stream_then_restart_keeps_every_total_exact(
     kafka_bootstrap: str, workers: Callable[..., WorkerProcess], exactly_once: bool
 ) -> None:
