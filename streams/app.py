@@ -24,6 +24,7 @@ from msgspec import to_builtins
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 
@@ -372,15 +373,24 @@ class Processor:
             return None
         return f"{self.app.conf.id}-{self.app.assignor.group_for_topic(topic)}-{partition}"
 
-    async def _produce(self, topic: faust.TopicT, key: bytes, value: bytes, transaction: str | None) -> Any:
+    async def _produce(self, topic: faust.TopicT, key: bytes, value: bytes, transaction: str | None,
+                       partition: int | None = None) -> Any:
         if transaction is None:
-            return await topic.send(key=key, value=value)
-        return await self.app.producer.send(topic.get_topic_name(), key, value, None, None, None,
+            return await topic.send(key=key, value=value, partition=partition)
+        return await self.app.producer.send(topic.get_topic_name(), key, value, partition, None, None,
                                             transactional_id=transaction)
 
     async def _flush_rollups(self) -> None:
+        usage = self.names[USAGE]
         for rollup in self.engine.take_rollups():
-            self.rollup_topic.send_soon(key=b"rollup", value=encode_state(rollup), partition=0)
+            txn = self._transaction_of(usage, rollup.source)  # the worker running the merger may be another
+            if txn is None:
+                self.rollup_topic.send_soon(key=b"rollup", value=encode_state(rollup), partition=0)
+            else:
+                try:
+                    await self._produce(self.rollup_topic, b"rollup", encode_state(rollup), txn, partition=0)
+                except ProducerSendError:  # revoked since: its new owner re-announces the partition's subjects
+                    continue
             self.stats["rollups"] += 1
 
     async def _rollup_agent(self, stream: faust.StreamT) -> None:

@@ -48,12 +48,13 @@ def union(*stores: list[dict[str, Any]]) -> tuple[dict[str, tuple[int, int]], in
     return {a: (t, n) for a, (t, n) in per_agent.items()}, len(rows), total - len(rows)
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at_least_once", "exactly_once"])
 async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exact_totals(
-    kafka_bootstrap: str, workers: Callable[..., WorkerProcess]
+    kafka_bootstrap: str, workers: Callable[..., WorkerProcess], exactly_once: bool
 ) -> None:
     topics = prefix()
-    first = await workers(kafka_bootstrap, topics, name="a").start()
-    second = await workers(kafka_bootstrap, topics, name="b").start()
+    first = await workers(kafka_bootstrap, topics, name="a", exactly_once=exactly_once).start()
+    second = await workers(kafka_bootstrap, topics, name="b", exactly_once=exactly_once).start()
     events = fleet_events(1000, seed=6)
     chunks = [events[i : i + 100] for i in range(0, 1000, 100)]
     for chunk in chunks[:5]:
@@ -73,7 +74,11 @@ async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exac
     await second.processor_matches(truth, timeout_s=25)
     totals, distinct, in_both = union(await stopped_store_sql(first, ROWS), await second.sql(ROWS))
     assert (totals, distinct) == (truth.totals(), 1000)
-    published = {json.loads(v)["decision_id"] for v in await read_topic(kafka_bootstrap, topics + "budget.decisions")}
+    published_ids = [json.loads(v)["decision_id"] for v in await read_topic(
+        kafka_bootstrap, topics + "budget.decisions", committed_only=exactly_once)]
+    published = set(published_ids)
+    if exactly_once:
+        assert len(published_ids) == len(published), "a decision was published twice"
     stored = {r["decision_id"] for q in (stopped_store_sql(first, "SELECT decision_id FROM budgetwarden.decisions FINAL"),
                                           second.sql("SELECT decision_id FROM budgetwarden.decisions FINAL"))
               for r in await q}
