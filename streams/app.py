@@ -248,9 +248,13 @@ class Processor:
                     log.warning("processor.final_flush_failed", error=str(err))
 
     async def _state_recovered(self) -> None:
-        """After every rebalance's table recovery, before the streams resume: forget the partitions
-        taken away, load the newly assigned ones (Faust has just read their changelog)."""
-        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names[USAGE]}
+        """After every rebalance's table recovery, before the streams resume."""
+        await self.restore_partitions(
+            {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names[USAGE]})
+
+    async def restore_partitions(self, active: set[int]) -> None:
+        """Forget the partitions taken away, load the newly assigned ones from the state table
+        (Faust has just read their changelog into it)."""
         async with self._batch_lock:
             gained = active - self._owned
             dropped = self.engine.drop_partitions(self._owned - active)

@@ -15,8 +15,8 @@ processor would have put on each topic. Acks go to `app.consumer`, a Faust consu
 that is never started: `Message.acked` says what the processor acked. The policy task reads Kafka directly, so it is not
 started (nor are the app's timers); `policies_ready` is set by hand, and the rollup timer
 body (`_flush_rollups`) is called where a test needs a rollup. Table recovery is Faust +
-broker territory: the restart test loads the recorded changelog the way `_state_recovered`
-does (compacted records of the partition into `Engine.restore`).
+broker territory: the restart test puts the compacted changelog into the memory store the way
+Faust's recovery does, then runs `Processor.restore_partitions`.
 """
 from __future__ import annotations
 
@@ -219,7 +219,13 @@ async def test_state_reaches_the_changelog_before_the_acks_and_a_restart_replays
 
     compacted = {s.key: s.value for s in records}  # what a compacted changelog topic keeps
     async with processor(tmp_path / "second", clock=clock) as second:
-        second.engine.restore([(k, v) for k, v in compacted.items() if v is not None], partition=0)
+        store = second.state_table.data  # what Faust's recovery leaves in the memory store
+        for key, value in compacted.items():
+            if value is not None:
+                store.data[key] = value
+                store._key_partition[key] = 0
+        await second.restore_partitions({0})
+        assert day_tokens(second) == 120
         async with second.app.agents["usage"].test_context() as agent:
             await feed(second, agent, values)  # the whole partition again, from offset 0: nothing was committed
             await feed(second, agent, [encode(ev(99, task_id="t", step=99))])  # and one new event after it
