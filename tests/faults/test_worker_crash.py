@@ -7,6 +7,7 @@ worker (processor + sink) while events are still arriving, and also checks Click
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Callable
 
@@ -14,7 +15,8 @@ import pytest
 
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
-from tests.faults.harness import Truth, WorkerProcess, fleet_events, prefix, produce
+from ops.procs import pid_alive
+from tests.faults.harness import Truth, WorkerProcess, fleet_events, prefix, produce, until
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +48,10 @@ async def test_kill_9_mid_stream_then_restart_keeps_every_total_exact(
     status = await worker.status_when(lambda s: s["stats"]["events"] > 0)
     assert 0 < status["stats"]["events"] < 1200, "the worker should be mid-stream when it is killed"
     await send_chunks(kafka_bootstrap, worker.usage_topic, chunks[3:4])
+    sink_pid = json.loads((worker.data_dir / "worker.json").read_text())["pid"]
+    assert sink_pid != worker.proc.pid, "the sink runs in a child process of the worker"
     assert await worker.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert await until(lambda: not pid_alive(sink_pid), 30), "the sink outlived its killed worker"
     await send_chunks(kafka_bootstrap, worker.usage_topic, chunks[4:8])  # while it is down
     await worker.start()
     await send_chunks(kafka_bootstrap, worker.usage_topic, chunks[8:])
