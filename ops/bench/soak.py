@@ -71,7 +71,7 @@ class Sample:
     processed_eps: float | None
     lag: dict[str, int | None]
     rss_mb: float
-    worker_cpu_pct: float  # of one core, since the previous sample
+    worker_cpu_pct: float  # of one core, worker and its children, since the previous sample
     load_1m: float  # the machine's 1-minute load average (other work shares the cores)
 
 
@@ -333,6 +333,18 @@ def rss_mb(proc: psutil.Process) -> float:
     return total / 1e6
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    """CPU time (user + system) of the worker and its children (the sink runs in one)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _processed(status_file: Path) -> tuple[int, int] | None:
     """(ts_ms, events counted) from `processor.json`, or None before its first write."""
     try:
@@ -348,12 +360,12 @@ async def _sample(record: SoakRecord, bw: BudgetClient, lag: LagMeter, worker: p
                   started: float, stop: asyncio.Event, progress: Progress) -> None:
     prev_t, prev_sent = time.perf_counter(), bw.publisher.sent
     prev_status = _processed(status_file)
-    worker.cpu_percent(None)  # starts its interval
+    prev_cpu = cpu_seconds(worker)
     tick = 0
     while not stop.is_set():
         tick += 1
         await asyncio.sleep(max(0.0, started + tick - time.perf_counter()))
-        t, sent = time.perf_counter(), bw.publisher.sent
+        t, sent, cpu = time.perf_counter(), bw.publisher.sent, cpu_seconds(worker)
         status = _processed(status_file)
         processed = None
         if status and prev_status and status[0] > prev_status[0]:
@@ -362,9 +374,10 @@ async def _sample(record: SoakRecord, bw: BudgetClient, lag: LagMeter, worker: p
             prev_status = status
         sample = Sample(round(t - started, 2), round(per_second(prev_sent, sent, prev_t, t), 1),
                         round(processed, 1) if processed is not None else None, await lag.measure(),
-                        round(rss_mb(worker), 1), worker.cpu_percent(None), round(os.getloadavg()[0], 2))
+                        round(rss_mb(worker), 1), round(100 * (cpu - prev_cpu) / (t - prev_t), 1),
+                        round(os.getloadavg()[0], 2))
         record.samples.append(sample)
-        prev_t, prev_sent = t, sent
+        prev_t, prev_sent, prev_cpu = t, sent, cpu
         if tick % 30 == 0:
             progress(f"soak {sample.t_s:.0f}s: sent {sample.sent_eps:,.0f}/s processed "
                      f"{sample.processed_eps or 0:,.0f}/s lag {sample.lag} rss {sample.rss_mb:.0f} MB")
