@@ -48,6 +48,17 @@ PARTITION BY toYYYYMM(ts)
 ORDER BY (toStartOfDay(ts), agent_id, event_id)
 {ttl};
 
+-- Integer keys of task_id and prompt_hash, computed at insert: 0 when the string is empty,
+-- an odd hash otherwise. The redundant-call search (waste_redundant.sql) finds its candidate
+-- tasks on these (8 + 4 bytes a row) instead of hashing 10M strings per query; hash
+-- collisions only add candidates, which are then checked on the strings. Added by ALTER so
+-- stores created before them get them too (old parts compute them on read).
+ALTER TABLE {db}.usage_events
+    ADD COLUMN IF NOT EXISTS task_key UInt64 MATERIALIZED if(task_id = '', 0, bitOr(cityHash64(task_id), 1));
+ALTER TABLE {db}.usage_events
+    ADD COLUMN IF NOT EXISTS prompt_key UInt32
+        MATERIALIZED if(prompt_hash = '', 0, bitOr(toUInt32(cityHash64(prompt_hash) % 4294967296), 1));
+
 CREATE TABLE IF NOT EXISTS {db}.decisions
 (
     decision_id String,

@@ -1,10 +1,13 @@
 -- Repeated prompt_hash inside one task: every call after the first of a (task, hash) is
--- counted as redundant; its cost is the estimate.
--- Candidates first: tasks where some prompt_hash may repeat, i.e. fewer distinct hashes
--- than rows (uniqUpTo counts hashes exactly up to 100; colliding hashes and replays only add
--- candidates), or more than 100 rows. Only their events are then deduplicated exactly, by
--- the sorting key FINAL collapses on, keeping the latest version's cost (argMax by
--- ingested_ms); the other columns are the same in every copy of an event.
+-- counted as redundant; its cost is the estimate. A (task, hash) is attributed to the agent
+-- of its first call.
+-- Candidates first: tasks where some prompt_hash may repeat, i.e. fewer distinct prompt_key
+-- than rows (uniqUpTo counts exactly up to 100), or more than 100 rows. task_key/prompt_key
+-- are insert-time hashes (schema.sql), 0 exactly when the string is empty; their collisions
+-- and replays only add candidates. Only the candidates' events are then deduplicated
+-- exactly, by the sorting key FINAL collapses on, keeping the latest version's cost (argMax by
+-- ingested_ms; the other columns are the same in every copy of an event), and grouped by
+-- the task and hash strings.
 SELECT
     agent_id,
     count() AS groups,
@@ -12,23 +15,23 @@ SELECT
     sum(cost - first_cost) AS nano_usd
 FROM
 (
-    SELECT toString(any(agent_id)) AS agent_id, count() AS calls, sum(cost_nano) AS cost,
-           argMin(cost_nano, (at_ms, event_id)) AS first_cost
+    SELECT toString(argMin(agent_id, (at_ms, event_id, agent_id))) AS agent_id, count() AS calls,
+           sum(cost_nano) AS cost, argMin(cost_nano, (at_ms, event_id)) AS first_cost
     FROM
     (
-        SELECT event_id, agent_id, any(task_id) AS task, any(prompt_hash) AS hash, any(ts_ms) AS at_ms,
-               argMax(nano_usd, ingested_ms) AS cost_nano
+        SELECT event_id, agent_id, any(task_id) AS task, any(prompt_hash) AS hash,
+               toUnixTimestamp64Milli(any(ts)) AS at_ms, argMax(nano_usd, ingested_ms) AS cost_nano
         FROM {db}.usage_events
         WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
-          AND task_id != '' AND prompt_hash != '' {filters}
-          AND task_id IN
+          AND task_key != 0 AND prompt_key != 0 {filters}
+          AND task_key IN
           (
-              SELECT task_id
+              SELECT task_key
               FROM {db}.usage_events
               WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
-                AND task_id != '' AND prompt_hash != '' {filters}
-              GROUP BY task_id
-              HAVING count() > 100 OR uniqUpTo(100)(prompt_hash) < count()
+                AND task_key != 0 AND prompt_key != 0 {filters}
+              GROUP BY task_key
+              HAVING count() > 100 OR uniqUpTo(100)(prompt_key) < count()
           )
         GROUP BY toStartOfDay(ts), agent_id, event_id
     )
