@@ -48,16 +48,23 @@ PARTITION BY toYYYYMM(ts)
 ORDER BY (toStartOfDay(ts), agent_id, event_id)
 {ttl};
 
--- Integer keys of task_id and prompt_hash, computed at insert: 0 when the string is empty,
--- an odd hash otherwise. The redundant-call search (waste_redundant.sql) finds its candidate
--- tasks on these (8 + 4 bytes a row) instead of hashing 10M strings per query; hash
--- collisions only add candidates, which are then checked on the strings. Added by ALTER so
--- stores created before them get them too (old parts compute them on read).
+-- Query keys computed at insert (MATERIALIZED: never inserted, not in SELECT *). Added by
+-- ALTER so that stores created before them get them too; their old parts compute them on read.
+-- task_key / prompt_key: 0 exactly when task_id / prompt_hash is empty, else an odd hash.
+-- waste_redundant.sql finds candidate tasks on them (8 + 4 bytes a row) instead of hashing
+-- 10M strings a query; collisions only add candidates, which are checked on the strings.
 ALTER TABLE {db}.usage_events
     ADD COLUMN IF NOT EXISTS task_key UInt64 MATERIALIZED if(task_id = '', 0, bitOr(cityHash64(task_id), 1));
 ALTER TABLE {db}.usage_events
     ADD COLUMN IF NOT EXISTS prompt_key UInt32
         MATERIALIZED if(prompt_hash = '', 0, bitOr(toUInt32(cityHash64(prompt_hash) % 4294967296), 1));
+-- agent_price_key: (priced provider, priced model, agent) as one LowCardinality string,
+-- length-prefixed so it splits back exactly; waste_shapes.sql groups on this one dictionary
+-- key instead of three LowCardinality columns (which ClickHouse groups as serialized strings).
+ALTER TABLE {db}.usage_events
+    ADD COLUMN IF NOT EXISTS agent_price_key LowCardinality(String)
+        MATERIALIZED concat(toString(length(price_provider)), ':', price_provider,
+                            toString(length(price_model)), ':', price_model, agent_id);
 
 CREATE TABLE IF NOT EXISTS {db}.decisions
 (
