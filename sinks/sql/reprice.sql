@@ -1,6 +1,7 @@
 -- Re-price a period under the catalog version loaded into `prices`: the price in force at
 -- each event's time (the latest valid_from at or before it), one half-up rounding per event,
--- exactly like ingest. An entry whose valid_from is not > 0 prices nothing, as no entry does.
+-- exactly like ingest. No entry, or one with valid_from <= 0, prices 0; only "no entry"
+-- (valid_from 0) counts as unpriced.
 -- No join over the events: the catalog's price changes inside the window cut it into
 -- segments in which every (name, provider) has one price, so those few prices are looked up
 -- once (ASOF, over names x providers x segments) into arrays; each event finds its entry by
