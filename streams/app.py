@@ -330,11 +330,7 @@ class Processor:
         for key, letter in out.dead_letters:
             log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
                         offset=letter.offset)
-            txn = self._transaction_of(usage, letter.partition)
-            if txn is None:
-                self.deadletter_topic.send_soon(key=key, value=encode(letter))
-            else:
-                self._in_flight.append(await self._produce(self.deadletter_topic, key, encode(letter), txn))
+            await self._send_soon(self.deadletter_topic, key, encode(letter), self._transaction_of(usage, letter.partition))
         home = self.engine.home
         self._in_flight += await self._send(out.decisions, out.commands,
                                             lambda agent_id: self._transaction_of(usage, home(agent_id)))
@@ -393,17 +389,23 @@ class Processor:
         return await self.app.producer.send(topic.get_topic_name(), key, value, partition, None, None,
                                             transactional_id=transaction)
 
+    async def _send_soon(self, topic: faust.TopicT, key: bytes, value: bytes, transaction: str | None,
+                         partition: int | None = None) -> None:
+        """Fire and forget. Inside a transaction the record goes to that transaction's producer
+        now; `_flush_transaction` waits for it before the batch's events are acknowledged."""
+        if transaction is None:
+            topic.send_soon(key=key, value=value, partition=partition)
+        else:
+            await self._produce(topic, key, value, transaction, partition)
+
     async def _flush_rollups(self) -> None:
         usage = self.names[USAGE]
         for rollup in self.engine.take_rollups():
             txn = self._transaction_of(usage, rollup.source)  # the worker running the merger may be another
-            if txn is None:
-                self.rollup_topic.send_soon(key=b"rollup", value=encode_state(rollup), partition=0)
-            else:
-                try:
-                    await self._produce(self.rollup_topic, b"rollup", encode_state(rollup), txn, partition=0)
-                except ProducerSendError:  # revoked since: its new owner re-announces the partition's subjects
-                    continue
+            try:
+                await self._send_soon(self.rollup_topic, b"rollup", encode_state(rollup), txn, partition=0)
+            except ProducerSendError:  # revoked since: its new owner re-announces the partition's subjects
+                continue
             self.stats["rollups"] += 1
 
     async def _rollup_agent(self, stream: faust.StreamT) -> None:

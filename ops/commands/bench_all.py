@@ -1,13 +1,12 @@
 """`budgetwarden bench all` (every benchmark + the soak, into bench/) and `budgetwarden bench soak`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ops.commands.bench import bench_app, progress
+from ops.commands.bench import bench_app, emit_json, progress
 from ops.commands.common import fail
 
 __all__ = ["register"]
@@ -36,7 +35,7 @@ def bench_all(
         fail(str(err))
     result = run_all(SoakConfig(seconds=soak_seconds, rate=rate, agents=agents), skipped, out_dir, progress)
     if as_json:
-        print(json.dumps(result))
+        emit_json(result)
         return
     print("\n".join(summary_lines(result)))
     print(f"written: {out_dir / 'results.json'}" + (f", {out_dir / 'soak.png'}" if "soak" in result else ""))
@@ -58,7 +57,7 @@ def bench_soak(
     if chart is not None:
         write_chart(result, chart)
     if as_json:
-        print(json.dumps(result))
+        emit_json(result)
         return
     print("\n".join(summary_lines({"soak": result})))
 

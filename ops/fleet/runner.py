@@ -81,7 +81,6 @@ class FleetRunner:
         self.on_progress = on_progress
         self.client_options = client_options
         self.stats = FleetStats()
-        self._started = 0.0
 
     def _enforced(self, profile: AgentProfile) -> Callable[[ControlCommand], None]:
         def note(cmd: ControlCommand) -> None:
@@ -109,7 +108,7 @@ class FleetRunner:
                     spike = (
                         profile.behaviour == "spike"
                         and self.spike_after_s is not None
-                        and time.monotonic() - self._started >= self.spike_after_s
+                        and time.monotonic() - self.stats.started_monotonic >= self.spike_after_s
                     )
                     calls = list(task_calls(profile, rng, task_no, spike=spike))
                     try:
@@ -140,8 +139,8 @@ class FleetRunner:
 
     async def run(self, seconds: float) -> FleetStats:
         """Run every agent until `seconds` pass; agents paused at that point are stopped too."""
-        self._started = self.stats.started_monotonic = time.monotonic()
-        deadline = self._started + seconds
+        self.stats.started_monotonic = time.monotonic()
+        deadline = self.stats.started_monotonic + seconds
         agents = [asyncio.create_task(self._agent(p, deadline)) for p in self.profiles]
         progress = asyncio.create_task(self._progress(deadline))
         done, pending = await asyncio.wait(agents, timeout=seconds + 5)
