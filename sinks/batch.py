@@ -23,27 +23,36 @@ class StoreUnavailable(RuntimeError):
 
 
 class RecentIds:
-    """A bounded insertion-ordered set of event ids: drops replays before they reach the MVs."""
+    """A bounded set of recent event ids: drops replays before they reach the MVs.
+
+    Two generations of sets: a full current one becomes the previous one and the old previous
+    is dropped whole, so every call is O(1) and the last `capacity // 2` ids are always
+    remembered (never more than `capacity`). A dict evicting its oldest key with
+    `next(iter(d))` looked O(1) but rescans the deleted entries in front of it: 6 µs per id
+    at 200k, as much as the rest of the writer.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: dict[str, None] = {}
+        self.generation = max(1, capacity // 2)
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
 
     def add(self, event_id: str) -> bool:
         """True when the id is new (and remembers it)."""
-        if event_id in self._ids:
+        if event_id in self._current or event_id in self._previous:
             return False
-        self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            del self._ids[next(iter(self._ids))]
+        if len(self._current) >= self.generation:
+            self._previous, self._current = self._current, set()
+        self._current.add(event_id)
         return True
 
     def forget(self, ids: Sequence[str]) -> None:
         for event_id in ids:
-            self._ids.pop(event_id, None)
+            self._current.discard(event_id)
+            self._previous.discard(event_id)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._current) + len(self._previous)
 
 
 ROW_TABLES: tuple[str, ...] = tuple(t for t in TABLE_COLUMNS if t != "usage_events")

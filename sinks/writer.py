@@ -53,7 +53,7 @@ class WriterConfig:
     idle_flush_rows: int = 5_000  # a fetch came back empty (caught up): write a batch this big now
     backoff_initial_ms: int = 200
     backoff_max_ms: int = 10_000
-    recent_ids: int = 200_000  # ~110 bytes each: 22 MB; exactness does not depend on it (FINAL dedupes)
+    recent_ids: int = 200_000  # ~100 bytes each: 20 MB at most; exactness does not depend on it (FINAL dedupes)
 
 
 @dataclass

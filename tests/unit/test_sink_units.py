@@ -46,12 +46,20 @@ def test_usage_row_prices_like_the_catalog() -> None:
 
 
 def test_recent_ids_is_bounded() -> None:
-    ids = RecentIds(3)
+    ids = RecentIds(4)  # two generations of 2
     assert [ids.add(x) for x in "abca"] == [True, True, True, False]
-    ids.add("d")  # evicts "a"
-    assert len(ids) == 3 and ids.add("a")
+    ids.add("d")
+    assert len(ids) == 4 and not ids.add("c") and not ids.add("d")
+    ids.add("e")  # the generation {a, b} is dropped whole
+    assert len(ids) == 3 and ids.add("a") and not ids.add("e")
     ids.forget(["a"])
     assert ids.add("a")
+
+
+def test_recent_ids_stay_bounded_over_many_generations() -> None:
+    ids = RecentIds(1_000)
+    assert all(ids.add(str(i)) for i in range(100_000))
+    assert len(ids) <= 1_000 and not ids.add("99999") and ids.add("0")
 
 
 def test_periods() -> None:
