@@ -7,6 +7,7 @@ are plain sums over integer nano-dollars.
 from __future__ import annotations
 
 import base64
+from array import array
 from typing import Any
 
 import msgspec
@@ -76,7 +77,8 @@ class UsageColumns:
     """A batch of `usage_events` rows, built for the writer's hot path.
 
     Per event the loop keeps its canonical msgspec JSON (`raw`, re-encoded from the validated
-    struct: one C call, and no struct survives to be rescanned by the GC) and what Python
+    struct: one C call, no struct survives to be rescanned by the GC, and a message with a
+    repeated key cannot be priced on one value and stored with another) and what Python
     alone knows: the price (PriceCatalog entry, cost, cache effect) and the Kafka coordinates.
     chDB turns `raw` into the event columns itself (`sql/usage_insert.sql`, JSONExtract, off
     the GIL); `columns()` does the same in Python for backends without that path.
@@ -87,12 +89,14 @@ class UsageColumns:
         self.raw: list[bytes] = []
         self.event_ids: list[str] = []
         self.entries: list[PriceEntry | None] = []
-        self.nano: list[int] = []
-        self.savings: list[int] = []
-        self.premium: list[int] = []
-        self.partitions: list[int] = []
-        self.offsets: list[int] = []
-        self.ingested: list[int] = []
+        # machine ints, not lists of int objects: 8 bytes a row each, and Arrow copies them
+        # in one memcpy on the store thread instead of converting object by object
+        self.nano = array("q")
+        self.savings = array("q")
+        self.premium = array("q")
+        self.partitions = array("i")
+        self.offsets = array("q")
+        self.ingested = array("q")
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -141,9 +145,10 @@ class UsageColumns:
             [e.cache_write_tokens for e in ev], [e.cache_write_1h_tokens for e in ev],
             [e.total_tokens for e in ev], [-1 if e.estimated_tokens is None else e.estimated_tokens for e in ev],
             [e.criticality for e in ev], [e.status for e in ev], [e.prompt_hash for e in ev], [e.tool for e in ev],
-            [e.tags for e in ev], self.nano, self.unpriced(), [x.version if x else "" for x in en],
+            [e.tags for e in ev], self.nano.tolist(), self.unpriced(), [x.version if x else "" for x in en],
             [x.model if x else "" for x in en], [x.provider if x else "" for x in en], [x.input if x else 0 for x in en],
-            self.savings, self.premium, self.partitions, self.offsets, self.ingested,
+            self.savings.tolist(), self.premium.tolist(), self.partitions.tolist(), self.offsets.tolist(),
+            self.ingested.tolist(),
         ]
 
     def unpriced(self) -> list[int]:

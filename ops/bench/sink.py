@@ -10,6 +10,7 @@ import asyncio
 import tempfile
 import time
 import uuid
+from statistics import median
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,30 @@ def query_times(store: ChdbStore, n: int, days: int = 28) -> dict[str, float]:
     return {name: round(_timed(fn), 3) for name, fn in runs.items()}
 
 
-def run(rows: int, query_rows: int, per_message: int, bootstrap: str | None, progress: Callable[[str], None]) -> dict[str, Any]:
+def _round(bootstrap: str, path: Path, topic: str, usage: UsageColumns, index: int) -> dict[str, float]:
+    """One side-by-side measurement: the writer re-reads the topic (a new group), then the bare
+    INSERT of the same rows; each into a fresh database."""
+    rows = len(usage)
+    sink_store = ChdbStore(path, f"bench_sink_{index}")
+    apply_schema(sink_store)
+    _settle(sink_store)
+    sink_s = asyncio.run(_sink(bootstrap, sink_store, topic, rows))
+    bare_store = ChdbStore(path, f"bench_bare_{index}")
+    apply_schema(bare_store)
+    _settle(bare_store)
+    bare_s = _timed(lambda: bare_store.insert_usage(usage))
+    for s in (sink_store, bare_store):
+        s.close()
+    return {"sink_seconds": round(sink_s, 3), "sink_rows_per_s": round(rows / sink_s),
+            "bare_insert_seconds": round(bare_s, 3), "bare_insert_rows_per_s": round(rows / bare_s),
+            "ratio_vs_bare": round(bare_s / sink_s, 3)}
+
+
+def run(
+    rows: int, query_rows: int, per_message: int, bootstrap: str | None, progress: Callable[[str], None], rounds: int = 3
+) -> dict[str, Any]:
+    """The sink and the bare insert alternate `rounds` times on the same events; the report is
+    each figure's median (single runs on this shared 2-core machine varied by 2x)."""
     with tempfile.TemporaryDirectory(prefix="bw-bench-") as tmp:
         broker = None
         if not bootstrap:
@@ -167,28 +191,18 @@ def run(rows: int, query_rows: int, per_message: int, bootstrap: str | None, pro
             topic = f"bench.usage.{tag}"
             progress(f"producing {rows:,} events ({per_message} per message)")
             asyncio.run(_produce(bootstrap, topic, events, per_message))
-            sink_store = ChdbStore(path, "bench_sink")
-            apply_schema(sink_store)
-            _settle(sink_store)
-            progress("sink: Kafka -> writer -> chDB")
-            sink_s = asyncio.run(_sink(bootstrap, sink_store, topic, rows))
-            bare_store = ChdbStore(path, "bench_bare")
-            apply_schema(bare_store)
             usage = UsageColumns(PriceCatalog.default())
             for i, e in enumerate(events):
                 usage.append(e, 0, i, 0)
-            _settle(bare_store)
-            progress("bare: one INSERT of the same rows, in the writer's format (Arrow: event JSON + priced columns)")
-            bare_s = _timed(lambda: bare_store.insert_usage(usage))
-            result: dict[str, Any] = {
-                "rows": rows,
-                "events_per_message": per_message,
-                "sink_seconds": round(sink_s, 3),
-                "sink_rows_per_s": round(rows / sink_s),
-                "bare_insert_seconds": round(bare_s, 3),
-                "bare_insert_rows_per_s": round(rows / bare_s),
-                "ratio_vs_bare": round(bare_s / sink_s, 3),
-            }
+            del events  # a sink process holds no event list for the GC to rescan
+            per_round = []
+            for r in range(rounds):
+                progress(f"round {r + 1}/{rounds}: Kafka -> writer -> chDB, then one bare INSERT of the same rows "
+                         "(Arrow: event JSON + priced columns)")
+                per_round.append(_round(bootstrap, path, topic, usage, r))
+            result: dict[str, Any] = {"rows": rows, "events_per_message": per_message,
+                                      **{k: median(p[k] for p in per_round) for k in per_round[0]},
+                                      "rounds": per_round}
             if query_rows:
                 progress(f"generating {query_rows:,} events in chDB and timing the queries")
                 q_store = ChdbStore(path, "bench_queries")
@@ -199,8 +213,6 @@ def run(rows: int, query_rows: int, per_message: int, bootstrap: str | None, pro
                 result["generate_seconds"] = round(time.perf_counter() - t0 - sum(result["query_seconds"].values()), 3)
             else:
                 result["query_seconds"] = {}
-            for s in (sink_store, bare_store):
-                s.close()
             return result
         finally:
             if broker is not None:
