@@ -96,21 +96,22 @@ class UsageDecoder(_Decoder):
 
     def decode(self, raw: bytes | str) -> list[UsageEvent]:
         msg = self._decode(raw)
+        limit = self._now_ms() + self._max_future_ms
         if isinstance(msg, UsageEvent):
-            self._check_ts(msg, "ts_ms")
+            if msg.ts_ms > limit:
+                raise self._future(msg, "ts_ms")
             return [msg]
         seen: set[str] = set()
-        for i, event in enumerate(msg.events):
-            self._check_ts(event, f"events[{i}].ts_ms")
+        for i, event in enumerate(msg.events):  # field names are built only for the error
+            if event.ts_ms > limit:
+                raise self._future(event, f"events[{i}].ts_ms")
             if event.event_id in seen:
                 raise BadInput(f"events[{i}].event_id", f"duplicate event_id {event.event_id!r} in one batch")
             seen.add(event.event_id)
         return msg.events
 
-    def _check_ts(self, event: UsageEvent, field: str) -> None:
-        limit = self._now_ms() + self._max_future_ms
-        if event.ts_ms > limit:
-            raise BadInput(field, f"timestamp {event.ts_ms} is more than {self._max_future_ms} ms in the future")
+    def _future(self, event: UsageEvent, field: str) -> BadInput:
+        return BadInput(field, f"timestamp {event.ts_ms} is more than {self._max_future_ms} ms in the future")
 
 
 class MessageDecoder(_Decoder):

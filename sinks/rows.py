@@ -102,27 +102,37 @@ class UsageColumns:
         return len(self.raw)
 
     def append(self, e: UsageEvent, partition: int, offset: int, ingested_ms: int) -> None:
-        entry = self.catalog.lookup(e.model, e.provider, e.ts_ms)
-        if entry is None:
-            self.nano.append(0)
-            self.savings.append(0)
-            self.premium.append(0)
-        else:
-            cr, cw, cw1h = e.cache_read_tokens, e.cache_write_tokens, e.cache_write_1h_tokens
-            self.nano.append(cost_nanos(entry, e.input_tokens, e.output_tokens, cr, cw, cw1h))
-            if cr or cw or cw1h:
-                savings, premium = cache_effect(entry, cr, cw, cw1h)
-                self.savings.append(savings)
-                self.premium.append(premium)
+        self.append_all([e], [offset], partition, ingested_ms)
+
+    def append_all(self, events: list[UsageEvent], offsets: list[int], partition: int, ingested_ms: int) -> None:
+        """Events of one partition with their messages' offsets: the writer's hot loop, so every
+        method it calls is bound once per fetch rather than looked up per event."""
+        lookup, encode = self.catalog.lookup, _json.encode
+        nano, savings, premium, entries = self.nano.append, self.savings.append, self.premium.append, self.entries.append
+        raw, ids = self.raw.append, self.event_ids.append
+        for e in events:
+            entry = lookup(e.model, e.provider, e.ts_ms)
+            if entry is None:
+                nano(0)
+                savings(0)
+                premium(0)
             else:
-                self.savings.append(0)
-                self.premium.append(0)
-        self.raw.append(_json.encode(e))
-        self.event_ids.append(e.event_id)
-        self.entries.append(entry)
-        self.partitions.append(partition)
-        self.offsets.append(offset)
-        self.ingested.append(ingested_ms)
+                cr, cw, cw1h = e.cache_read_tokens, e.cache_write_tokens, e.cache_write_1h_tokens
+                nano(cost_nanos(entry, e.input_tokens, e.output_tokens, cr, cw, cw1h))
+                if cr or cw or cw1h:
+                    saved, extra = cache_effect(entry, cr, cw, cw1h)
+                    savings(saved)
+                    premium(extra)
+                else:
+                    savings(0)
+                    premium(0)
+            raw(encode(e))
+            ids(e.event_id)
+            entries(entry)
+        n = len(events)
+        self.partitions.extend(array("i", [partition]) * n)
+        self.offsets.extend(array("q", offsets))
+        self.ingested.extend(array("q", [ingested_ms]) * n)
 
     def extend(self, other: UsageColumns) -> None:
         for name in _PARTS:

@@ -244,21 +244,24 @@ class SinkWriter:
         batch.add("dead_letters", row, (msg.topic, msg.partition, msg.offset, ""))
 
     def _on_usage(self, batch: Batch, partition: int, messages: list[Any]) -> None:
-        """The hot path: decode straight into structs, price, append to columns; locals only."""
-        decode, is_new, append = self._decoder.decode, self._recent.add, batch.usage.append
-        now = self._now_ms()
+        """The hot path: decode straight into structs, drop replays, price and append in one pass."""
+        decode, is_new = self._decoder.decode, self._recent.add
+        events: list[Any] = []
+        offsets: list[int] = []
         duplicates = 0
         for msg in messages:
             try:
-                events = decode(msg.value or b"")
+                decoded = decode(msg.value or b"")
             except BadInput as err:
                 self._dead(batch, msg, err)
                 continue
-            for event in events:
+            for event in decoded:
                 if is_new(event.event_id):
-                    append(event, partition, msg.offset, now)
+                    events.append(event)
+                    offsets.append(msg.offset)
                 else:
                     duplicates += 1
+        batch.usage.append_all(events, offsets, partition, self._now_ms())
         self.stats.duplicates_dropped += duplicates
 
     def _decoded(self, batch: Batch, msg: Any, decode: Callable[[bytes], Any]) -> Any:
