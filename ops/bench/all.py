@@ -141,6 +141,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"           memory {mem.get('baseline_mb', '-')} -> {mem.get('final_mb', '-')} MB "
             f"({mem.get('growth_pct', '-')}% after warm-up, target < {s['memory_target_pct']:g}%: "
             f"{'ok' if mem.get('ok') else 'NOT MET'}); worker CPU {s['worker_cpu_pct_mean']}%, load {s['load_1m_mean']}",
+            *(f"           {role} {g['baseline_mb']} -> {g['final_mb']} MB ({g['growth_pct']}%)"
+              for role, g in s.get("memory_by_process", {}).items()),
         ]
     if "host" in result:
         host = result["host"]

@@ -9,7 +9,7 @@ envelopes (acks=all). Every second the sampler records:
   `processor.json` (written once a second by the processor);
 - consumer lag on `usage.events`: end offsets minus the committed offsets of the processor's
   group (the Faust app id) and of the sink's group;
-- the worker's resident memory (psutil, process and children).
+- the worker's resident memory (psutil, process and children), and each process's share.
 
 A probe agent, outside the load, starts a new task every `probe_interval_s` and repeats one
 prompt hash until `loop_detected` fires; decision latency is the time from producing the
@@ -73,6 +73,7 @@ class Sample:
     rss_mb: float
     worker_cpu_pct: float  # of one core, worker and its children, since the previous sample
     load_1m: float  # the machine's 1-minute load average (other work shares the cores)
+    rss_parts_mb: dict[str, float] = field(default_factory=dict)  # "processor", "sink": who holds it
 
 
 @dataclass
@@ -141,6 +142,9 @@ def summarize(record: SoakRecord, config: SoakConfig, totals: dict[str, Any]) ->
     processed = [s.processed_eps for s in steady if s.processed_eps is not None]
     latencies = [p.latency_ms for p in record.probes if p.latency_ms is not None]
     growth = memory_growth([s.rss_mb for s in samples], config.warmup, config.window)
+    roles = sorted({role for s in samples for role in s.rss_parts_mb})
+    by_role = {role: memory_growth([s.rss_parts_mb.get(role, 0.0) for s in samples], config.warmup, config.window)
+               for role in roles}
     lag: dict[str, dict[str, int | None]] = {}
     for group in (PROCESSOR_GROUP, SINK_GROUP):
         values = [v for s in steady if (v := s.lag.get(group)) is not None]
@@ -164,6 +168,7 @@ def summarize(record: SoakRecord, config: SoakConfig, totals: dict[str, Any]) ->
         "load_1m_mean": round(statistics.fmean([s.load_1m for s in samples]), 2) if samples else None,
         "rss_max_mb": round(max(s.rss_mb for s in samples), 1) if samples else None,
         "memory": asdict(growth) if growth else None,
+        "memory_by_process": {role: asdict(g) for role, g in by_role.items() if g},
         "memory_target_pct": MEMORY_TARGET_PCT,
         **totals,
     }
@@ -322,15 +327,17 @@ class LagMeter:
         return out
 
 
-def rss_mb(proc: psutil.Process) -> float:
-    """Resident memory of the worker and its children, in MB."""
-    total = 0
+def rss_parts_mb(proc: psutil.Process) -> dict[str, float]:
+    """Resident memory in MB of the worker (the processor) and of each child by its role."""
+    parts: dict[str, float] = {}
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            role = "processor" if p.pid == proc.pid else ("sink" if "sink" in p.cmdline() else f"pid-{p.pid}")
         except psutil.Error:
-            pass
-    return total / 1e6
+            continue
+        parts[role] = round(parts.get(role, 0.0) + rss / 1e6, 1)
+    return parts
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -365,7 +372,7 @@ async def _sample(record: SoakRecord, bw: BudgetClient, lag: LagMeter, worker: p
     while not stop.is_set():
         tick += 1
         await asyncio.sleep(max(0.0, started + tick - time.perf_counter()))
-        t, sent, cpu = time.perf_counter(), bw.publisher.sent, cpu_seconds(worker)
+        t, sent, cpu, parts = time.perf_counter(), bw.publisher.sent, cpu_seconds(worker), rss_parts_mb(worker)
         status = _processed(status_file)
         processed = None
         if status and prev_status and status[0] > prev_status[0]:
@@ -374,8 +381,8 @@ async def _sample(record: SoakRecord, bw: BudgetClient, lag: LagMeter, worker: p
             prev_status = status
         sample = Sample(round(t - started, 2), round(per_second(prev_sent, sent, prev_t, t), 1),
                         round(processed, 1) if processed is not None else None, await lag.measure(),
-                        round(rss_mb(worker), 1), round(100 * (cpu - prev_cpu) / (t - prev_t), 1),
-                        round(os.getloadavg()[0], 2))
+                        round(sum(parts.values()), 1), round(100 * (cpu - prev_cpu) / (t - prev_t), 1),
+                        round(os.getloadavg()[0], 2), parts)
         record.samples.append(sample)
         prev_t, prev_sent, prev_cpu = t, sent, cpu
         if tick % 30 == 0:
@@ -499,7 +506,9 @@ def write_chart(soak: dict[str, Any], path: Path) -> None:
                  label=f"{group} lag", lw=1)
     lag.set_ylabel("consumer lag (messages)")
     lag.legend(loc="upper right")
-    mem.plot(t, [s["rss_mb"] for s in samples], lw=1, color="C2", label="worker RSS")
+    mem.plot(t, [s["rss_mb"] for s in samples], lw=1, color="C2", label="worker RSS (all processes)")
+    for role in sorted({role for s in samples for role in s.get("rss_parts_mb", {})}):
+        mem.plot(t, [s["rss_parts_mb"].get(role, float("nan")) for s in samples], lw=0.8, ls="-.", label=role)
     growth = summary["memory"]
     if growth:
         mem.axhline(growth["baseline_mb"], ls=":", color="grey", label=f"baseline {growth['baseline_mb']:.0f} MB")

@@ -115,6 +115,20 @@ def test_summary_lines_report_errors_and_a_missed_memory_target() -> None:
     assert "2 cpus" in text
 
 
+def test_memory_growth_is_split_by_process() -> None:
+    config = SoakConfig(seconds=100)
+    record = _record()
+    for i, s in enumerate(record.samples):
+        s.rss_parts_mb = {"processor": 300.0, "sink": 100.0 + i}  # only the sink grows
+        s.rss_mb = sum(s.rss_parts_mb.values())
+    summary = summarize(record, config, {})
+    by_process = summary["memory_by_process"]
+    assert by_process["processor"]["growth_pct"] == 0.0 and by_process["processor"]["ok"]
+    assert by_process["sink"]["growth_pct"] > 50 and not by_process["sink"]["ok"]
+    lines = "\n".join(summary_lines({"soak": {"summary": {**summary, "final_lag": {}}}}))
+    assert "sink 12" in lines and "processor 300.0 -> 300.0 MB (0.0%)" in lines
+
+
 def test_chart_is_a_png(tmp_path: Path) -> None:
     config = SoakConfig(seconds=100)
     record = _record()
