@@ -139,7 +139,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             "           lag " + ", ".join(f"{g} p50 {v['p50']} p99 {v['p99']} max {v['max']}" for g, v in lag.items())
             + f"; after the load {s['final_lag']}",
             f"           memory {mem.get('baseline_mb', '-')} -> {mem.get('final_mb', '-')} MB "
-            f"({mem.get('growth_pct', '-')}% after warm-up, target < {s['memory_target_pct']:g}%: "
+            f"({mem.get('growth_pct', '-')}% after a {s.get('memory_warmup_s')} s warm-up, target < {s['memory_target_pct']:g}%: "
             f"{'ok' if mem.get('ok') else 'NOT MET'}); worker CPU {s['worker_cpu_pct_mean']}%, load {s['load_1m_mean']}",
             *(f"           {role} {g['baseline_mb']} -> {g['final_mb']} MB ({g['growth_pct']}%)"
               for role, g in s.get("memory_by_process", {}).items()),

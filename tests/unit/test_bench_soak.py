@@ -77,7 +77,7 @@ def _record(n: int = 100) -> SoakRecord:
 
 
 def test_summary_has_rates_latency_lag_and_memory_and_is_json() -> None:
-    config = SoakConfig(seconds=100, rate=2000)
+    config = SoakConfig(seconds=100, rate=20_000)  # state full after 13 s: 20% of the run is the warm-up
     summary = summarize(_record(), config, {"events_acked": 200_000})
     assert summary["latency_p50_ms"] == 50.0 and summary["latency_p99_ms"] == 99.0  # ceil(0.99 * 99)
     assert summary["probes"] == 100 and summary["probes_missed"] == 1
@@ -115,8 +115,20 @@ def test_summary_lines_report_errors_and_a_missed_memory_target() -> None:
     assert "2 cpus" in text
 
 
+def test_memory_warm_up_lasts_until_the_bounded_state_is_full() -> None:
+    # 50 agents x 256 tasks x 20 events at 2,000 ev/s: 128 s, longer than 20% of 5 minutes
+    assert SoakConfig().memory_warmup_s() == 128.0
+    assert SoakConfig(seconds=1000).memory_warmup_s() == 200.0  # 20% of the run is longer
+    assert SoakConfig(rate=1000, agents=1).memory_warmup_s() == 200.0  # the sink's 200k recent ids
+    record = _record()
+    for i, s in enumerate(record.samples):
+        s.rss_mb = 400.0 + 2 * min(i, 60)  # fills for 60 s, then flat
+    assert summarize(record, SoakConfig(seconds=100, rate=4000, agents=40), {})["memory"]["ok"]  # 51 s warm-up
+    assert not summarize(record, SoakConfig(seconds=100, rate=20_000), {})["memory"]["ok"]  # 20 s: too short
+
+
 def test_memory_growth_is_split_by_process() -> None:
-    config = SoakConfig(seconds=100)
+    config = SoakConfig(seconds=100, rate=20_000)
     record = _record()
     for i, s in enumerate(record.samples):
         s.rss_parts_mb = {"processor": 300.0, "sink": 100.0 + i}  # only the sink grows
