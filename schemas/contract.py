@@ -55,8 +55,13 @@ ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 COMMANDS: tuple[str, ...] = Command.__args__  # type: ignore[attr-defined]
 
 
-class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defaults=True):
-    """One model call. `input_tokens` is UNCACHED input; cache buckets are separate."""
+class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defaults=True, gc=False):
+    """One model call. `input_tokens` is UNCACHED input; cache buckets are separate.
+
+    `gc=False`: the cycle collector never tracks it (its fields are strings, ints and a dict of
+    strings, so it cannot be part of a cycle); the sink's collections per 300k events went
+    1,195 -> 747 and its rows/s 96k -> 118k (`bench sink`, interleaved).
+    """
 
     event_id: EventId
     ts_ms: TimestampMs
