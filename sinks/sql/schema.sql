@@ -65,6 +65,13 @@ ALTER TABLE {db}.usage_events
     ADD COLUMN IF NOT EXISTS agent_price_key LowCardinality(String)
         MATERIALIZED concat(toString(length(price_provider)), ':', price_provider,
                             toString(length(price_model)), ':', price_model, agent_id);
+-- Merges go column by column (vertical) whatever their size. The default merges parts that
+-- add up to fewer than 131,072 rows horizontally, every column of every part at once: with
+-- this table's ~40 columns a 6-part merge of 1.3 MB took 162 MB (system.merges), the sink's
+-- largest memory step in the soak; vertical, the largest merge of the same load took 27 MB.
+ALTER TABLE {db}.usage_events MODIFY SETTING
+    vertical_merge_algorithm_min_rows_to_activate = 1,
+    vertical_merge_algorithm_min_columns_to_activate = 1;
 
 CREATE TABLE IF NOT EXISTS {db}.decisions
 (

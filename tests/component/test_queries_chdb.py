@@ -202,3 +202,12 @@ def test_chdb_usage_insert_matches_the_python_mapping(tmp_path_factory: pytest.T
     got = s.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {s.database}.usage_events ORDER BY ts_ms")
     assert [tuple(r.values()) for r in got] == [usage_row(e, catalog, 3, 100 + i, 7) for i, e in enumerate(events)]
     s.close()
+
+
+def test_usage_events_merge_vertically_after_every_start(store: ChdbStore) -> None:
+    """Horizontal merges of this wide table held 160 MB for a few small parts (see schema.sql)."""
+    apply_schema(store)  # a second start on an existing store keeps the schema valid
+    engine = store.query("SELECT engine_full FROM system.tables WHERE database = {d:String} AND name = 'usage_events'",
+                         {"d": store.database})[0]["engine_full"]
+    assert "vertical_merge_algorithm_min_rows_to_activate = 1" in engine
+    assert "vertical_merge_algorithm_min_columns_to_activate = 1" in engine
