@@ -10,9 +10,9 @@ import asyncio
 import tempfile
 import time
 import uuid
-from statistics import median
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from aiokafka import AIOKafkaProducer

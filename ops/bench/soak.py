@@ -42,8 +42,7 @@ from ops.kafka.topics import CONTROL, USAGE
 from ops.stack import Stack, read_json
 from schemas.codec import decode_control, encode
 from schemas.contract import UsageEvent
-from sinks.writer import GROUP_ID as SINK_GROUP
-from sinks.writer import WriterConfig
+from sinks.writer import GROUP_ID as SINK_GROUP, WriterConfig
 from streams.client import BudgetClient
 from streams.settings import WorkerSettings
 from streams.state import TASKS_CAP
