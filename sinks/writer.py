@@ -21,6 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from ops.kafka import topics
 from schemas.codec import BadInput, UsageDecoder, decode_control, decode_deadletter, decode_decision, decode_policy
+from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
 from sinks.batch import Batch, RecentIds, StoreUnavailable, WriteResult, write_batch
 from sinks.rows import UsageColumns, control_row, deadletter_row, decision_row, policy_row, rejected
@@ -244,9 +245,10 @@ class SinkWriter:
         batch.add("dead_letters", row, (msg.topic, msg.partition, msg.offset, ""))
 
     def _on_usage(self, batch: Batch, partition: int, messages: list[Any]) -> None:
-        """The hot path: decode straight into structs, drop replays, price and append in one pass."""
+        """The hot path: decode straight into structs and drop replays; the fetch's new events
+        are then priced and appended in one call."""
         decode, is_new = self._decoder.decode, self._recent.add
-        events: list[Any] = []
+        events: list[UsageEvent] = []
         offsets: list[int] = []
         duplicates = 0
         for msg in messages:

@@ -192,8 +192,7 @@ def run(
             progress(f"producing {rows:,} events ({per_message} per message)")
             asyncio.run(_produce(bootstrap, topic, events, per_message))
             usage = UsageColumns(PriceCatalog.default())
-            for i, e in enumerate(events):
-                usage.append(e, 0, i, 0)
+            usage.append_all(events, list(range(rows)), 0, 0)
             del events  # a sink process holds no event list for the GC to rescan
             per_round = []
             for r in range(rounds):
