@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -95,12 +95,38 @@ class UsageDecoder(_Decoder):
         self._max_future_ms = max_future_ms
 
     def decode(self, raw: bytes | str) -> list[UsageEvent]:
-        msg = self._decode(raw)
+        events, _, bad = self.decode_each([raw])
+        if bad:
+            raise bad[0][1]
+        return events
+
+    def decode_each(
+        self, values: Sequence[bytes | str | None]
+    ) -> tuple[list[UsageEvent], list[int], list[tuple[int, BadInput]]]:
+        """Many messages (a fetch): the valid events, the index of each one's message, and each
+        bad message's index and error. The clock is read once per call: the sink's hot loop."""
         limit = self._now_ms() + self._max_future_ms
-        if isinstance(msg, UsageEvent):
-            if msg.ts_ms > limit:
-                raise self._future(msg, "ts_ms")
-            return [msg]
+        checked, single = self._decode, UsageEvent
+        events: list[UsageEvent] = []
+        index: list[int] = []
+        bad: list[tuple[int, BadInput]] = []
+        for i, value in enumerate(values):
+            try:
+                msg = checked(value or b"")
+                if type(msg) is single:
+                    if msg.ts_ms > limit:
+                        raise self._future(msg, "ts_ms")
+                    events.append(msg)
+                    index.append(i)
+                else:
+                    batch = self._batch_events(msg, limit)
+                    events += batch
+                    index += [i] * len(batch)
+            except BadInput as err:
+                bad.append((i, err))
+        return events, index, bad
+
+    def _batch_events(self, msg: UsageBatch, limit: int) -> list[UsageEvent]:
         seen: set[str] = set()
         for i, event in enumerate(msg.events):  # field names are built only for the error
             if event.ts_ms > limit:

@@ -43,6 +43,7 @@ _HALF: Final = TOKENS_PER_PRICE_UNIT // 2
 _MAX_MEMO: Final = 65_536  # distinct (model, provider) pairs remembered before the memo is reset
 _DATE_SUFFIX = re.compile(r"[-@](?:\d{8}|\d{4}-\d{2}-\d{2})$")
 _MISSING: Final = object()
+FOREVER_MS: Final = 1 << 62  # past any millisecond timestamp
 _EPOCH = _dt.date(1970, 1, 1)
 
 
@@ -136,6 +137,11 @@ class _Series:
             return self.entries[-1]
         idx = bisect_right(self.starts, ts_ms) - 1
         return self.entries[idx] if idx >= 0 else None
+
+    def span(self, ts_ms: int) -> tuple[int, int, PriceEntry | None]:
+        idx = bisect_right(self.starts, ts_ms) - 1
+        until = self.starts[idx + 1] if idx + 1 < len(self.starts) else FOREVER_MS
+        return (self.starts[idx], until, self.entries[idx]) if idx >= 0 else (-FOREVER_MS, self.starts[0], None)
 
 
 class PriceCatalog:
@@ -273,6 +279,12 @@ class PriceCatalog:
         """
         series = self._series(model, provider)
         return None if series is None else series.at(ts_ms)
+
+    def span(self, model: str, provider: str | None, ts_ms: int) -> tuple[int, int, PriceEntry | None]:
+        """`lookup(model, provider, ts_ms)` and the interval [from, until) of timestamps it holds
+        for, so a batch can price many events of one model with one lookup."""
+        series = self._series(model, provider)
+        return (-FOREVER_MS, FOREVER_MS, None) if series is None else series.span(ts_ms)
 
     def price(
         self,

@@ -5,7 +5,7 @@ rejected insert can be tested without a broker.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +39,20 @@ class RecentIds:
 
     def add(self, event_id: str) -> bool:
         """True when the id is new (and remembers it)."""
-        if event_id in self._current or event_id in self._previous:
-            return False
-        if len(self._current) >= self.generation:
-            self._previous, self._current = self._current, set()
-        self._current.add(event_id)
-        return True
+        return bool(self.admit((event_id,)))
+
+    def admit(self, ids: Iterable[str]) -> list[int]:
+        """The positions of the ids not seen before, remembering them (a fetch in one call)."""
+        kept: list[int] = []
+        current, previous, generation = self._current, self._previous, self.generation
+        for i, event_id in enumerate(ids):
+            if event_id in current or event_id in previous:
+                continue
+            if len(current) >= generation:
+                self._previous, self._current = previous, current = current, set()
+            current.add(event_id)
+            kept.append(i)
+        return kept
 
     def forget(self, ids: Sequence[str]) -> None:
         for event_id in ids:
@@ -143,7 +151,7 @@ def insert_usage(store: Store, usage: UsageColumns, topic: str, now_ms: int) -> 
         store.insert_usage(usage if (lo, hi) == (0, len(usage)) else usage.slice(lo, hi))
 
     def dead(i: int, error: str) -> tuple[Any, ...]:
-        return rejected(topic, usage.partitions[i], usage.offsets[i], usage.raw[i], None, now_ms,
+        return rejected(topic, usage.partitions[i], usage.offsets[i], usage.event_json(i), None, now_ms,
                         f"ClickHouse rejected the usage_events row: {error}", "", usage.event_ids[i])
 
     return insert_bisecting(store, insert, dead, 0, len(usage))

@@ -76,20 +76,26 @@ _decode_events = msgspec.json.Decoder(list[UsageEvent]).decode
 class UsageColumns:
     """A batch of `usage_events` rows, built for the writer's hot path.
 
-    Per event the loop keeps its canonical msgspec JSON (`raw`, re-encoded from the validated
-    struct: one C call, no struct survives to be rescanned by the GC, and a message with a
-    repeated key cannot be priced on one value and stored with another) and what Python
-    alone knows: the price (PriceCatalog entry, cost, cache effect) and the Kafka coordinates.
-    chDB turns `raw` into the event columns itself (`sql/usage_insert.sql`, JSONExtract, off
-    the GIL); `columns()` does the same in Python for backends without that path.
+    Per event the loop keeps its canonical msgspec JSON (re-encoded from the validated struct
+    into one growing buffer: one C call and no bytes object per event, no struct survives to
+    be rescanned by the GC, and a message with a repeated key cannot be priced on one value
+    and stored with another) and what Python alone knows: the price (the catalog entry's
+    position in `prices`, cost, cache effect) and the Kafka coordinates. chDB turns the JSON
+    into the event columns itself (`sql/usage_insert.sql`, JSONExtract, off the GIL);
+    `columns()` does the same in Python for backends without that path.
     """
 
     def __init__(self, catalog: PriceCatalog) -> None:
         self.catalog = catalog
-        self.raw: list[bytes] = []
+        self.raw = bytearray()  # the events' JSON back to back: event i is raw[raw_offsets[i]:raw_offsets[i + 1]]
+        self.raw_offsets = array("q", [0])
         self.event_ids: list[str] = []
-        self.entries: list[PriceEntry | None] = []
+        self.prices: list[PriceEntry | None] = []  # the batch's distinct catalog entries (None: unpriced)
+        self._positions: dict[PriceEntry | None, int] = {}
+        # (model, provider) -> (from, until, position, entry): the entry holds for from <= ts_ms < until
+        self._spans: dict[tuple[str, str], tuple[int, int, int, PriceEntry | None]] = {}
         # machine ints: 8 bytes a row each instead of an int object (32 bytes) plus a list slot
+        self.price_index = array("i")
         self.nano = array("q")
         self.savings = array("q")
         self.premium = array("q")
@@ -98,19 +104,24 @@ class UsageColumns:
         self.ingested = array("q")
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self.event_ids)
 
     def append(self, e: UsageEvent, partition: int, offset: int, ingested_ms: int) -> None:
         self.append_all([e], [offset], partition, ingested_ms)
 
     def append_all(self, events: list[UsageEvent], offsets: list[int], partition: int, ingested_ms: int) -> None:
         """Events of one partition with their messages' offsets: the writer's hot loop, so every
-        method it calls is bound once per fetch rather than looked up per event."""
-        lookup, encode = self.catalog.lookup, _json.encode
-        nano, savings, premium, entries = self.nano.append, self.savings.append, self.premium.append, self.entries.append
-        raw, ids = self.raw.append, self.event_ids.append
+        method it calls is bound once per fetch, and a model's price is looked up once for as
+        long as the events' timestamps stay inside the span that price holds for."""
+        spans, span, encode_into, raw = self._spans, self._span, _json.encode_into, self.raw
+        nano, savings, premium = self.nano.append, self.savings.append, self.premium.append
+        position, ends, ids = self.price_index.append, self.raw_offsets.append, self.event_ids.append
         for e in events:
-            entry = lookup(e.model, e.provider, e.ts_ms)
+            key, ts = (e.model, e.provider), e.ts_ms
+            price = spans.get(key)
+            if price is None or not price[0] <= ts < price[1]:
+                price = span(key, ts)
+            entry = price[3]
             if entry is None:
                 nano(0)
                 savings(0)
@@ -125,27 +136,58 @@ class UsageColumns:
                 else:
                     savings(0)
                     premium(0)
-            raw(encode(e))
+            position(price[2])
+            encode_into(e, raw, -1)
+            ends(len(raw))
             ids(e.event_id)
-            entries(entry)
         n = len(events)
         self.partitions.extend(array("i", [partition]) * n)
         self.offsets.extend(array("q", offsets))
         self.ingested.extend(array("q", [ingested_ms]) * n)
 
+    def _span(self, key: tuple[str, str], ts_ms: int) -> tuple[int, int, int, PriceEntry | None]:
+        start, until, entry = self.catalog.span(key[0], key[1], ts_ms)
+        price = self._spans[key] = (start, until, self._position(entry), entry)
+        return price
+
+    def _position(self, entry: PriceEntry | None) -> int:
+        pos = self._positions.get(entry)
+        if pos is None:
+            pos = self._positions[entry] = len(self.prices)
+            self.prices.append(entry)
+        return pos
+
+    def event_json(self, i: int) -> bytes:
+        return bytes(self.raw[self.raw_offsets[i]:self.raw_offsets[i + 1]])
+
+    def entries(self) -> list[PriceEntry | None]:
+        """Each row's catalog entry."""
+        return [self.prices[k] for k in self.price_index]
+
     def extend(self, other: UsageColumns) -> None:
+        base = len(self.raw)
+        self.raw += other.raw
+        self.raw_offsets.extend(array("q", [base + o for o in other.raw_offsets[1:]]))
+        moved = [self._position(p) for p in other.prices]
+        self.price_index.extend(array("i", [moved[k] for k in other.price_index]))
         for name in _PARTS:
             getattr(self, name).extend(getattr(other, name))
 
     def slice(self, lo: int, hi: int) -> UsageColumns:
         part = UsageColumns(self.catalog)
+        start, end = self.raw_offsets[lo], self.raw_offsets[hi]
+        part.raw = self.raw[start:end]
+        part.raw_offsets = array("q", [o - start for o in self.raw_offsets[lo:hi + 1]])
+        part.prices, part._positions = list(self.prices), dict(self._positions)
+        part.price_index = self.price_index[lo:hi]
         for name in _PARTS:
             setattr(part, name, getattr(self, name)[lo:hi])
         return part
 
     def columns(self) -> list[list[Any]]:
         """One list per USAGE_COLUMNS name, in that order (the row-by-row Python mapping)."""
-        ev, en = _decode_events(b"[" + b",".join(self.raw) + b"]"), self.entries
+        ev = _decode_events(b"[" + b",".join(self.event_json(i) for i in range(len(self))) + b"]")
+        en = self.entries()
         return [
             [e.event_id for e in ev], [e.ts_ms for e in ev], [e.agent_id for e in ev], [e.task_id for e in ev],
             [e.session_id for e in ev], [e.user_id for e in ev], [e.team for e in ev],
@@ -154,17 +196,14 @@ class UsageColumns:
             [e.cache_write_tokens for e in ev], [e.cache_write_1h_tokens for e in ev],
             [e.total_tokens for e in ev], [-1 if e.estimated_tokens is None else e.estimated_tokens for e in ev],
             [e.criticality for e in ev], [e.status for e in ev], [e.prompt_hash for e in ev], [e.tool for e in ev],
-            [e.tags for e in ev], self.nano.tolist(), self.unpriced(), [x.version if x else "" for x in en],
+            [e.tags for e in ev], self.nano.tolist(), [0 if x else 1 for x in en], [x.version if x else "" for x in en],
             [x.model if x else "" for x in en], [x.provider if x else "" for x in en], [x.input if x else 0 for x in en],
             self.savings.tolist(), self.premium.tolist(), self.partitions.tolist(), self.offsets.tolist(),
             self.ingested.tolist(),
         ]
 
-    def unpriced(self) -> list[int]:
-        return [0 if x else 1 for x in self.entries]
 
-
-_PARTS = ("raw", "event_ids", "entries", "nano", "savings", "premium", "partitions", "offsets", "ingested")
+_PARTS = ("event_ids", "nano", "savings", "premium", "partitions", "offsets", "ingested")
 
 
 def decision_row(d: Decision) -> tuple[Any, ...]:

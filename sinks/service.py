@@ -6,6 +6,7 @@ store's own thread.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -22,6 +23,14 @@ from streams.rules_config import load_rules
 from streams.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
+
+
+def freeze_startup_heap() -> None:
+    """Once the sink process has started: everything allocated so far (modules, classes, the
+    store, the Kafka client) leaves the cycle collector's sight for good. A full collection
+    walked those ~85k objects in about 50 ms, five times per 300k rows, and evicted the
+    writer's working set from the caches while it did."""
+    gc.freeze()
 
 
 class SinkService:

@@ -21,7 +21,6 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from ops.kafka import topics
 from schemas.codec import BadInput, UsageDecoder, decode_control, decode_deadletter, decode_decision, decode_policy
-from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
 from sinks.batch import Batch, RecentIds, StoreUnavailable, WriteResult, write_batch
 from sinks.rows import UsageColumns, control_row, deadletter_row, decision_row, policy_row, rejected
@@ -245,26 +244,16 @@ class SinkWriter:
         batch.add("dead_letters", row, (msg.topic, msg.partition, msg.offset, ""))
 
     def _on_usage(self, batch: Batch, partition: int, messages: list[Any]) -> None:
-        """The hot path: decode straight into structs and drop replays; the fetch's new events
-        are then priced and appended in one call."""
-        decode, is_new = self._decoder.decode, self._recent.add
-        events: list[UsageEvent] = []
-        offsets: list[int] = []
-        duplicates = 0
-        for msg in messages:
-            try:
-                decoded = decode(msg.value or b"")
-            except BadInput as err:
-                self._dead(batch, msg, err)
-                continue
-            for event in decoded:
-                if is_new(event.event_id):
-                    events.append(event)
-                    offsets.append(msg.offset)
-                else:
-                    duplicates += 1
-        batch.usage.append_all(events, offsets, partition, self._now_ms())
-        self.stats.duplicates_dropped += duplicates
+        """The hot path, a fetch at a time: decode into structs, drop replays, then price and
+        append the new events in one call."""
+        events, index, bad = self._decoder.decode_each([msg.value for msg in messages])
+        for i, err in bad:
+            self._dead(batch, messages[i], err)
+        fresh = self._recent.admit([e.event_id for e in events])
+        if len(fresh) < len(events):
+            self.stats.duplicates_dropped += len(events) - len(fresh)
+            events, index = [events[k] for k in fresh], [index[k] for k in fresh]
+        batch.usage.append_all(events, [messages[i].offset for i in index], partition, self._now_ms())
 
     def _decoded(self, batch: Batch, msg: Any, decode: Callable[[bytes], Any]) -> Any:
         try:

@@ -50,7 +50,7 @@ class SinkHost(Service):
         self.sink: Any = None
 
     async def on_start(self) -> None:
-        from sinks.service import SinkService
+        from sinks.service import SinkService, freeze_startup_heap
         from sinks.writer import SinkTopics
 
         # the sink follows the processor's topics, in a consumer group of its own per app id
@@ -58,6 +58,7 @@ class SinkHost(Service):
         self.sink = SinkService(self.settings, live_status=self.live_status, sink_topics=topics,
                                 group_id=f"{self.settings.app_id}-sink")
         await self.sink.start()
+        freeze_startup_heap()
 
     def live_status(self) -> dict[str, Any]:
         """The processor's last `processor.json` (when one runs on this data dir) and the sink's counters."""

@@ -25,6 +25,7 @@ from schemas.pricing import PriceCatalog
 from sinks import queries as q
 from sinks.chdb_store import ChdbStore
 from sinks.rows import USAGE_COLUMNS, UsageColumns
+from sinks.service import freeze_startup_heap
 from sinks.store import StoreRunner, apply_schema
 from sinks.writer import SinkTopics, SinkWriter
 from streams.rules_config import load_rules
@@ -73,6 +74,7 @@ async def _sink(bootstrap: str, store: ChdbStore, topic: str, n: int) -> float:
                         deadletter=f"{topic}.dl")
     writer = SinkWriter(runner, bootstrap, sink_topics=topics, group_id=f"bench-{uuid.uuid4().hex}")
     await writer.start()
+    freeze_startup_heap()  # as the sink process does once started
     while not writer._consumer.assignment():  # time the data path, not the group join
         await asyncio.sleep(0.005)
     t0 = time.perf_counter()

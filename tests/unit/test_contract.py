@@ -203,3 +203,23 @@ def test_invalid_utf8_inside_a_string_is_bad_input_not_a_crash(decoder: UsageDec
     with pytest.raises(BadInput, match="invalid UTF-8") as info:
         decoder.decode(b'{"type":"usage","event_id":"\x80"}')
     assert info.value.field == "$"
+
+
+def test_decode_each_sorts_a_fetch_into_events_and_errors() -> None:
+    reads: list[int] = []
+
+    def clock() -> int:
+        reads.append(NOW)
+        return NOW
+
+    decoder = UsageDecoder(now_ms=clock)
+    values = [raw(event_id="a"), b"{not json", None, encode_batch([event(event_id="b"), event(event_id="c")]),
+              raw(event_id="late", ts_ms=NOW + 10 * 60_000), raw(event_id="d")]
+    events, index, bad = decoder.decode_each(values)
+    assert [e.event_id for e in events] == ["a", "b", "c", "d"] and index == [0, 3, 3, 5]
+    assert [(i, err.field) for i, err in bad] == [(1, "$"), (2, "$"), (4, "ts_ms")]
+    assert len(reads) == 1  # one clock read for the whole fetch
+    assert decoder.decode(values[3]) == events[1:3]
+    with pytest.raises(BadInput) as err:
+        decoder.decode(values[4])
+    assert err.value.field == "ts_ms"

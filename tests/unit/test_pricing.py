@@ -266,3 +266,14 @@ def test_cost_monotone_in_each_bucket(e: PriceEntry, toks: list[int], bucket: in
     base = CAT.price(e.model, e.provider, e.valid_from_ms, *toks)
     bigger = CAT.price(e.model, e.provider, e.valid_from_ms, *more)
     assert bigger.nano_usd >= base.nano_usd >= 0
+
+
+def test_span_says_how_long_a_lookup_holds() -> None:
+    switch = date_to_ms("2024-10-02")
+    start, until, entry = CAT.span("gpt-4o", "openai", switch - 1)
+    assert entry == CAT.lookup("gpt-4o", "openai", switch - 1) and until == switch and start < switch
+    assert CAT.span("gpt-4o", "openai", switch)[0] == switch
+    assert CAT.span("gpt-4o", "openai", switch)[2] == CAT.lookup("gpt-4o", "openai", switch)
+    assert CAT.span("nope", None, switch)[2] is None
+    first = CAT.span("claude-haiku-4-5", None, date_to_ms("2025-10-14"))
+    assert first[2] is None and first[1] == date_to_ms("2025-10-15")  # unpriced until its first price

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from schemas.contract import UsageEvent
-from schemas.pricing import PriceCatalog
+from schemas.pricing import PriceCatalog, date_to_ms
 from sinks.batch import RecentIds
 from sinks.periods import window
 from sinks.rows import USAGE_COLUMNS, UsageColumns, usage_row
@@ -54,6 +54,39 @@ def test_recent_ids_is_bounded() -> None:
     assert len(ids) == 3 and ids.add("a") and not ids.add("e")
     ids.forget(["a"])
     assert ids.add("a")
+
+
+def test_recent_ids_admit_a_fetch_at_once() -> None:
+    ids = RecentIds(4)
+    assert ids.admit(["a", "b", "a", "c"]) == [0, 1, 3]  # a repeat inside the fetch is a replay too
+    assert ids.admit(["c", "d", "e"]) == [1, 2] and len(ids) == 3  # {a, b} rolled off whole
+    assert ids.admit(["a", "e"]) == [0]
+
+
+def test_usage_columns_price_each_event_at_its_own_time() -> None:
+    """One batch crossing a price change (gpt-4o, 2024-10-02): the cached price of a model
+    holds only inside its span."""
+    catalog = PriceCatalog.default()
+    switch = date_to_ms("2024-10-02")
+    stamps = [switch - 1, switch, switch - 2, switch + 1, 0]
+    events = [UsageEvent(event_id=f"e{i}", ts_ms=ts or 1_767_225_600_000, agent_id="a", model=model, provider="openai",
+                         input_tokens=1000, output_tokens=1000, cache_read_tokens=i * 100)
+              for i, (ts, model) in enumerate(zip(stamps, ["gpt-4o"] * 4 + ["nope"]))]
+    usage = UsageColumns(catalog)
+    usage.append_all(events, [7, 8, 9, 10, 11], 2, 5)
+    expected = [usage_row(e, catalog, 2, 7 + i, 5) for i, e in enumerate(events)]
+    assert [tuple(col[i] for col in usage.columns()) for i in range(5)] == expected
+    assert [r[USAGE_COLUMNS.index("price_version")] for r in expected] == [
+        "gpt-4o@2024-05-13", "gpt-4o@2024-10-02", "gpt-4o@2024-05-13", "gpt-4o@2024-10-02", ""]
+    # a failed batch absorbs the next one; bisecting slices it: rows, prices and JSON stay aligned
+    later = UsageColumns(catalog)
+    later.append_all(events[4:] + events[:1], [20, 21], 3, 6)
+    usage.extend(later)
+    rows = [tuple(col[i] for col in usage.columns()) for i in range(7)]
+    assert rows[5:] == [usage_row(events[4], catalog, 3, 20, 6), usage_row(events[0], catalog, 3, 21, 6)]
+    part = usage.slice(3, 6)
+    assert [tuple(col[i] for col in part.columns()) for i in range(3)] == rows[3:6]
+    assert part.event_json(2) == usage.event_json(5) and part.event_ids == ["e3", "e4", "e4"]
 
 
 def test_recent_ids_stay_bounded_over_many_generations() -> None:
