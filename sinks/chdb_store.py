@@ -37,9 +37,9 @@ def arrow_column(values: Sequence[Any]) -> pa.Array:
 
 
 def usage_arrow(usage: UsageColumns) -> pa.Table:
-    """The events' JSON and the priced columns. The JSON buffer becomes one Arrow column as it
-    is (one copy, no object per row); the batch's few catalog entries are spread to their rows
-    by index in Arrow (take)."""
+    """The events' JSON and their catalog entries' rates (`sql/usage_insert.sql` does the
+    arithmetic). The JSON buffer becomes one Arrow column as it is (one copy, no object per
+    row); the batch's few entries are spread to their rows by index in Arrow (take)."""
     n = len(usage)
     index = pa.array(usage.price_index, pa.int32())
     entries = usage.prices
@@ -47,25 +47,26 @@ def usage_arrow(usage: UsageColumns) -> pa.Table:
     def spread(values: list[Any], kind: pa.DataType) -> pa.Array:
         return pc.take(pa.array(values, kind), index)
 
+    rates = [spread([getattr(x, name) if x else 0 for x in entries], pa.int64()) for name in _RATES]
     return pa.Table.from_arrays(
         [
             pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(usage.raw_offsets.tobytes()),
                                                          pa.py_buffer(bytes(usage.raw))]),
-            pa.array(usage.nano, pa.int64()),
             spread([0 if x else 1 for x in entries], pa.uint8()),
             spread([x.version if x else "" for x in entries], pa.string()),
             spread([x.model if x else "" for x in entries], pa.string()),
             spread([x.provider if x else "" for x in entries], pa.string()),
-            spread([x.input if x else 0 for x in entries], pa.int64()),
-            pa.array(usage.savings, pa.int64()),
-            pa.array(usage.premium, pa.int64()),
+            *rates,
             pa.array(usage.partitions, pa.int32()),
             pa.array(usage.offsets, pa.int64()),
             pa.array(usage.ingested, pa.int64()),
         ],
-        names=["raw", "nano_usd", "unpriced", "price_version", "price_model", "price_provider", "input_rate",
-               "cache_savings_nano", "cache_write_premium_nano", "kafka_partition", "kafka_offset", "ingested_ms"],
+        names=["raw", "unpriced", "price_version", "price_model", "price_provider", *(f"{r}_rate" for r in _RATES),
+               "kafka_partition", "kafka_offset", "ingested_ms"],
     )
+
+
+_RATES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 
 
 class ChdbStore:
@@ -125,9 +126,9 @@ class ChdbStore:
             raise StoreError(str(exc)) from exc
 
     def insert_usage(self, usage: UsageColumns) -> None:
-        """The writer's hot path: canonical JSON per event plus the priced columns; ClickHouse
-        parses the JSON (`sql/usage_insert.sql`), so the GIL-bound work per row is a handful
-        of list-to-Arrow conversions of ints and one of bytes."""
+        """The writer's hot path: canonical JSON per event plus its catalog entry's rates;
+        ClickHouse parses the JSON and does the money arithmetic (`sql/usage_insert.sql`), so
+        the GIL-bound work per batch is a few buffer copies and Arrow takes."""
         if not len(usage):
             return
         try:

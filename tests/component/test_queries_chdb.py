@@ -2,15 +2,16 @@
 by hand from the catalog's per-1M prices, not copied from output)."""
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
 
-from schemas.contract import UsageEvent
+from schemas.contract import MAX_TOKENS, UsageEvent
 from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms
 from sinks import queries as q
 from sinks.chdb_store import ChdbStore
-from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, UsageColumns, usage_row
+from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, UsageColumns, event_money, usage_row
 from sinks.store import apply_schema
 from streams.rules_config import parse_rules
 
@@ -201,6 +202,34 @@ def test_chdb_usage_insert_matches_the_python_mapping(tmp_path_factory: pytest.T
     s.insert_usage(usage)
     got = s.query(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {s.database}.usage_events ORDER BY ts_ms")
     assert [tuple(r.values()) for r in got] == [usage_row(e, catalog, 3, 100 + i, 7) for i, e in enumerate(events)]
+    s.close()
+
+
+def test_chdb_money_arithmetic_is_pythons(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """usage_insert.sql prices in SQL from the entry's rates: the same nano-USD as
+    `event_money` for rates and token counts far past Int64 products, cache reads dearer than
+    input (negative savings), cheap cache writes (negative premiums) and every rounding edge."""
+    rng = random.Random(7)
+    huge = 10**13  # $10,000 per 1M tokens: x 100M tokens overflows Int64
+    entries = [PriceEntry(model=f"m{i}", provider="openai", valid_from_ms=0, input=rng.choice([0, 1, 999_999, huge, rng.randrange(huge)]),
+                          output=rng.choice([1, huge, rng.randrange(huge)]), cache_read=rng.choice([0, huge, rng.randrange(huge)]),
+                          cache_write=rng.choice([0, 1, rng.randrange(huge)]), cache_write_1h=rng.choice([0, huge, rng.randrange(huge)]))
+               for i in range(12)]
+    catalog = PriceCatalog(entries)
+    tokens = [0, 1, 499_999, 500_000, 500_001, 1_500_000, MAX_TOKENS]
+    events = [UsageEvent(event_id=f"x{i}", ts_ms=NOW, agent_id="a", model=f"m{i % 13}", provider="openai",
+                         **{f: rng.choice(tokens + [rng.randrange(MAX_TOKENS)]) for f in
+                            ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")})
+              for i in range(400)]  # m12 is not in the catalog: unpriced
+    usage = UsageColumns(catalog)
+    usage.append_all(events, list(range(400)), 0, 0)
+    s = ChdbStore(tmp_path_factory.getbasetemp() / "clickhouse", "t_usage_money")
+    apply_schema(s)
+    s.insert_usage(usage)
+    got = s.query(f"SELECT nano_usd, cache_savings_nano, cache_write_premium_nano FROM {s.database}.usage_events ORDER BY kafka_offset")
+    expected = [event_money(catalog.lookup(e.model, e.provider, e.ts_ms), e) for e in events]
+    assert [(r["nano_usd"], r["cache_savings_nano"], r["cache_write_premium_nano"]) for r in got] == expected
+    assert min(x[2] for x in expected) < 0 < max(x[0] for x in expected) and max(x[0] for x in expected) > 2**63 // 10**6
     s.close()
 
 
