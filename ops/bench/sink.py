@@ -199,7 +199,7 @@ def run(
             per_round = []
             for r in range(rounds):
                 progress(f"round {r + 1}/{rounds}: Kafka -> writer -> chDB, then one bare INSERT of the same rows "
-                         "(Arrow: event JSON + priced columns)")
+                         "(Arrow: event JSON + catalog rates)")
                 per_round.append(_round(bootstrap, path, topic, usage, r))
             result: dict[str, Any] = {"rows": rows, "events_per_message": per_message,
                                       **{k: median(p[k] for p in per_round) for k in per_round[0]},
