@@ -26,7 +26,7 @@ class RecentIds:
     """A bounded set of recent event ids: drops replays before they reach the MVs.
 
     Two generations of sets: a full current one becomes the previous one and the old previous
-    is dropped whole, so every call is O(1) and the last `capacity // 2` ids are always
+    is dropped whole, so each id costs O(1) and the last `capacity // 2` ids are always
     remembered (never more than `capacity`). A dict evicting its oldest key with
     `next(iter(d))` looked O(1) but rescans the deleted entries in front of it: 6 µs per id
     at 200k, as much as the rest of the writer.
@@ -36,10 +36,6 @@ class RecentIds:
         self.generation = max(1, capacity // 2)
         self._current: set[str] = set()
         self._previous: set[str] = set()
-
-    def add(self, event_id: str) -> bool:
-        """True when the id is new (and remembers it)."""
-        return bool(self.admit((event_id,)))
 
     def admit(self, ids: Iterable[str]) -> list[int]:
         """The positions of the ids not seen before, remembering them (a fetch in one call)."""
