@@ -133,10 +133,7 @@ class _Series:
         self.starts: list[int] = [e.valid_from_ms for e in entries]
 
     def at(self, ts_ms: int | None) -> PriceEntry | None:
-        if ts_ms is None:
-            return self.entries[-1]
-        idx = bisect_right(self.starts, ts_ms) - 1
-        return self.entries[idx] if idx >= 0 else None
+        return self.entries[-1] if ts_ms is None else self.span(ts_ms)[2]
 
     def span(self, ts_ms: int) -> tuple[int, int, PriceEntry | None]:
         idx = bisect_right(self.starts, ts_ms) - 1
