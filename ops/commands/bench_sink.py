@@ -1,4 +1,5 @@
-"""`budgetwarden bench sink`: the sink's throughput next to a bare chDB INSERT, and query times."""
+"""`budgetwarden bench sink`: the sink's throughput next to a bare chDB INSERT, and query times;
+`bench contention`: what a busy Python thread in the same process costs a chDB insert."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -35,6 +36,26 @@ def bench_sink(
           "targets: >= 100,000 rows/s and >= 0.7 x bare")
     for name, seconds in result["query_seconds"].items():
         print(f"  {name:<26} {seconds:>7.3f} s over {result.get('query_rows', 0):,} events")
+
+
+@bench_app.command("contention")
+def bench_contention(
+    sizes: Annotated[str, typer.Option("--sizes", help="Rows per insert, comma-separated.")] = "10000,100000",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Inserts per size per round.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="The three conditions alternate this many times.")] = 3,
+    as_json: JsonFlag = False,
+) -> None:
+    """ms per chDB insert alone, next to the writer's decode loop on a thread, and next to it in another process."""
+    from ops.bench.contention import CONDITIONS, run
+
+    result = run([int(s) for s in sizes.split(",")], repeats, rounds, progress)
+    if as_json:
+        emit_json(result)
+        return
+    ms = result["ms_per_call"]
+    print(f"{'ms per call':<16}" + "".join(f"{c:>10}" for c in CONDITIONS))
+    for name in ms["alone"]:
+        print(f"{name:<16}" + "".join(f"{ms[c][name]:>10}" for c in CONDITIONS))
 
 
 def register(app: typer.Typer) -> None:
