@@ -19,7 +19,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from ops.bench.sink import _settle, bench_events
+from ops.bench.sink import START_MS, _settle, bench_events
 from schemas.codec import UsageDecoder, encode
 from schemas.pricing import PriceCatalog
 from sinks.chdb_store import ChdbStore
@@ -32,7 +32,7 @@ _FETCH = 2_000  # records per decode call, as the writer's getmany
 
 def _decode_until(stop: Callable[[], bool], values: list[bytes]) -> None:
     """The writer's per-fetch work (validate, dedupe-free append with pricing), over and over."""
-    decoder, catalog = UsageDecoder(lambda: 0), PriceCatalog.default()
+    decoder, catalog = UsageDecoder(lambda: START_MS), PriceCatalog.default()  # the events are "now"
     while not stop():
         for i in range(0, len(values), _FETCH):
             events, index, _ = decoder.decode_each(values[i:i + _FETCH])
