@@ -4,8 +4,7 @@ both live in one process, against the same loop in another process.
 chDB's `query()` releases the GIL while the engine works but takes it back along the way
 (even `SELECT 1` does once), so every time it does it waits for the busy thread to reach
 the interpreter's switch interval (5 ms). This measures that wait on the writer's real
-insert, with the writer's real decode work as the busy neighbour; it is the evidence for
-running the sink's decode loop and its chDB store in separate processes.
+insert, with the writer's real decode work as the busy neighbour (README, *Sink ratio*).
 """
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from sinks.rows import UsageColumns
 from sinks.store import apply_schema
 
 CONDITIONS = ("alone", "thread", "process")
+_WHERE = {"alone": "stopped", "thread": "on a thread of this process", "process": "in another process"}
 _FETCH = 2_000  # records per decode call, as the writer's getmany
 
 
@@ -100,9 +100,6 @@ def run(sizes: list[int], repeats: int, rounds: int, progress: Callable[[str], N
         store.close()
     ms = {kind: {name: round(median(v), 1) for name, v in figures.items()} for kind, figures in samples.items()}
     return {"ms_per_call": ms, "sizes": sizes, "repeats": repeats, "rounds": rounds}
-
-
-_WHERE = {"alone": "stopped", "thread": "on a thread of this process", "process": "in another process"}
 
 
 def _per_call(fn: Callable[[], Any], repeats: int) -> float:

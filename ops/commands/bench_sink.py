@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ops.commands.bench import BootstrapOption, JsonFlag, bench_app, emit_json, progress
+from ops.commands.common import fail
 
 __all__ = ["register"]
 
@@ -48,7 +49,13 @@ def bench_contention(
     """ms per chDB insert alone, next to the writer's decode loop on a thread, and next to it in another process."""
     from ops.bench.contention import CONDITIONS, run
 
-    result = run([int(s) for s in sizes.split(",")], repeats, rounds, progress)
+    try:
+        rows = [int(s) for s in sizes.split(",")]
+    except ValueError:
+        fail(f"--sizes: {sizes!r} is not a comma-separated list of row counts")
+    if min(rows) < 1:
+        fail("--sizes: every row count must be at least 1")
+    result = run(rows, repeats, rounds, progress)
     if as_json:
         emit_json(result)
         return
