@@ -36,6 +36,7 @@ __all__ = [
     "date_to_ms",
     "ms_to_date",
     "cost_nanos",
+    "round_nanos",
 ]
 
 TOKENS_PER_PRICE_UNIT: Final = 1_000_000
@@ -119,6 +120,12 @@ def cost_nanos(
         + cache_write_tokens * entry.cache_write
         + cache_write_1h_tokens * entry.cache_write_1h
     )
+    return round_nanos(total)
+
+
+def round_nanos(total: int) -> int:
+    """nano-USD x 1M tokens (a sum of tokens x per-1M rates) to whole nano-USD: half-up, with
+    floor division, so negative amounts (cache write premiums) round the same way."""
     return (total + _HALF) // TOKENS_PER_PRICE_UNIT
 
 
@@ -295,25 +302,14 @@ class PriceCatalog:
         cache_write_1h_tokens: int = 0,
     ) -> Priced:
         """Cost of one event; unknown model or ts before its first price gives priced=False, 0 nano-USD."""
-        series = self._memo.get((model, provider), _MISSING)
-        if series is _MISSING:
-            series = self._series(model, provider)
+        series = self._series(model, provider)
         if series is None:
             return Priced(0, False, "", model)
-        idx = bisect_right(series.starts, ts_ms) - 1  # type: ignore[union-attr]
-        if idx < 0:
-            return Priced(0, False, "", series.entries[0].model)  # type: ignore[union-attr]
-        e = series.entries[idx]  # type: ignore[union-attr]
-        if (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | cache_write_1h_tokens) < 0:
-            raise ValueError("token counts must be >= 0")
-        total = (
-            input_tokens * e.input
-            + output_tokens * e.output
-            + cache_read_tokens * e.cache_read
-            + cache_write_tokens * e.cache_write
-            + cache_write_1h_tokens * e.cache_write_1h
-        )
-        return Priced((total + _HALF) // TOKENS_PER_PRICE_UNIT, True, e.version, e.model)
+        entry = series.at(ts_ms)
+        if entry is None:  # before the model's first price
+            return Priced(0, False, "", series.entries[0].model)
+        cost = cost_nanos(entry, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens)
+        return Priced(cost, True, entry.version, entry.model)
 
 
 @cache

@@ -24,6 +24,7 @@ from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
 _SETTINGS = "output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0"
 _decoder = msgspec.json.Decoder()
 _STRING_MAP = pa.map_(pa.string(), pa.string())
+_RATES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")  # PriceEntry fields, per 1M tokens
 
 
 def arrow_column(values: Sequence[Any]) -> pa.Array:
@@ -64,9 +65,6 @@ def usage_arrow(usage: UsageColumns) -> pa.Table:
         names=["raw", "unpriced", "price_version", "price_model", "price_provider", *(f"{r}_rate" for r in _RATES),
                "kafka_partition", "kafka_offset", "ingested_ms"],
     )
-
-
-_RATES = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 
 
 class ChdbStore:

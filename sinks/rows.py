@@ -13,9 +13,7 @@ from typing import Any
 import msgspec
 
 from schemas.contract import ControlCommand, DeadLetter, Decision, Policy, UsageEvent
-from schemas.pricing import PriceCatalog, PriceEntry, TOKENS_PER_PRICE_UNIT, cost_nanos
-
-_HALF = TOKENS_PER_PRICE_UNIT // 2
+from schemas.pricing import PriceCatalog, PriceEntry, cost_nanos, round_nanos
 
 USAGE_COLUMNS: tuple[str, ...] = (
     "event_id", "ts_ms", "agent_id", "task_id", "session_id", "user_id", "team", "step",
@@ -49,15 +47,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 _json = msgspec.json.Encoder()
 
 
-def _round(total: int) -> int:
-    """Half-up to whole nano-USD, as schemas.pricing does (also for negative premiums)."""
-    return (total + _HALF) // TOKENS_PER_PRICE_UNIT
-
-
 def cache_effect(entry: PriceEntry, cache_read: int, cache_write: int, cache_write_1h: int) -> tuple[int, int]:
     """(savings, write premium) in nano-USD against paying the uncached input rate."""
-    savings = _round(cache_read * (entry.input - entry.cache_read))
-    premium = _round(cache_write * (entry.cache_write - entry.input) + cache_write_1h * (entry.cache_write_1h - entry.input))
+    savings = round_nanos(cache_read * (entry.input - entry.cache_read))
+    premium = round_nanos(cache_write * (entry.cache_write - entry.input) + cache_write_1h * (entry.cache_write_1h - entry.input))
     return savings, premium
 
 
