@@ -292,7 +292,11 @@ class WorkerProcess:
     # the comparisons -------------------------------------------------------------------------
 
     async def processor_matches(self, truth: Truth, timeout_s: float = 40.0) -> dict[str, tuple[int, int]]:
-        return await processor_matches(self.status, truth, timeout_s)
+        """As `processor_matches`; a mismatch also shows this worker's log (a stall is seen there)."""
+        try:
+            return await processor_matches(self.status, truth, timeout_s)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- {self.log_path} (tail) ---\n{self.log_tail(6000)}") from None
 
     async def store_matches(self, truth: Truth, timeout_s: float = 40.0) -> tuple[dict[str, tuple[int, int]], int]:
         return await store_matches(self.sql, truth, timeout_s=timeout_s)
