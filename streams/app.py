@@ -97,12 +97,16 @@ class _PromptFetchConsumer(faust_aiokafka.Consumer):
         stopped for the duration of the seek, so the loop reads nothing until the read offsets
         and positions agree again."""
         resume = self.flow_active
+        generation = self.app.consumer_generation_id
+        log.info("processor.seek_start", flow_was_active=resume, generation=generation)
         self.stop_flow()
         try:
             await super().perform_seek()
         finally:
             if resume:
                 self.resume_flow()
+            log.info("processor.seek_end", flow_active=self.flow_active, generation=generation,
+                     now_generation=self.app.consumer_generation_id)
 
 
 def quiet_client_debug_logs() -> None:

@@ -292,10 +292,14 @@ class WorkerProcess:
     # the comparisons -------------------------------------------------------------------------
 
     async def processor_matches(self, truth: Truth, timeout_s: float = 40.0) -> dict[str, tuple[int, int]]:
-        """As `processor_matches`; a mismatch also shows this worker's log (a stall is seen there)."""
+        """As `processor_matches`; on a mismatch the worker logs its tasks' stacks, and the error shows
+        the log's tail (a stall is seen there)."""
         try:
             return await processor_matches(self.status, truth, timeout_s)
         except AssertionError as err:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGUSR1)  # mode's worker logs every task's stack
+                await asyncio.sleep(2)
             raise AssertionError(f"{err}\n--- {self.log_path} (tail) ---\n{self.log_tail(6000)}") from None
 
     async def store_matches(self, truth: Truth, timeout_s: float = 40.0) -> tuple[dict[str, tuple[int, int]], int]:
