@@ -6,19 +6,15 @@ processor's own commands are.
 """
 from __future__ import annotations
 
-import os
 import uuid
 
-from aiokafka import AIOKafkaProducer
-
-from ops.kafka.settings import client_options_from_env
-from ops.kafka.topics import CONTROL
+from schemas.clock import system_ms
 from schemas.codec import encode
 from schemas.contract import ControlCommand
+from schemas.errors import InputError
 from schemas.signing import sign
-from streams.clock import system_ms
-
-CONTROL_KEY_ENV = "BUDGETWARDEN_CONTROL_KEY"
+from schemas.topics import Topics
+from streams.kafka import KafkaSecurity, produce_one
 
 
 def build_command(
@@ -26,9 +22,9 @@ def build_command(
     delay_ms: int | None = None, expires_in_s: float | None = None, key: bytes | None = None,
 ) -> ControlCommand:
     if command == "kill_task" and not task_id:
-        raise ValueError("--task: kill_task needs the task id")
+        raise InputError("--task", "kill_task needs the task id")
     if command == "downgrade_model" and not model:
-        raise ValueError("--model: downgrade_model needs the replacement model")
+        raise InputError("--model", "downgrade_model needs the replacement model")
     now = system_ms()
     cmd = ControlCommand(
         command=command, agent_id=agent_id, task_id=task_id, model=model,  # type: ignore[arg-type]
@@ -39,15 +35,6 @@ def build_command(
     return sign(cmd, key) if key else cmd
 
 
-def key_from_env() -> bytes | None:
-    value = os.environ.get(CONTROL_KEY_ENV)
-    return value.encode() if value else None
-
-
-async def send_command(bootstrap: str, cmd: ControlCommand) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_options_from_env())
-    await producer.start()
-    try:
-        await producer.send_and_wait(CONTROL, encode(cmd), key=cmd.agent_id.encode())
-    finally:
-        await producer.stop()
+async def send_command(bootstrap: str, cmd: ControlCommand, topics: Topics = Topics(),
+                       security: KafkaSecurity = KafkaSecurity()) -> None:
+    await produce_one(bootstrap, topics.control, cmd.agent_id.encode(), encode(cmd), security)

@@ -8,12 +8,9 @@ spenders and the waste report. Everything it starts, it stops — also on Ctrl-C
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,8 +23,9 @@ from aiokafka import AIOKafkaConsumer
 from ops.fleet.profiles import DEMO_FLEET
 from ops.fleet.runner import FleetRunner, FleetStats
 from ops.kafka.broker import Progress
-from ops.kafka.topics import DECISIONS
+from schemas.topics import DECISIONS
 from ops.stack import Stack
+from sinks.http_json import get_json
 from schemas.contract import Decision
 
 log = structlog.get_logger(__name__)
@@ -105,9 +103,7 @@ class DemoResult:
 
 
 def api(base: str, path: str, **params: Any) -> Any:
-    query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with urllib.request.urlopen(f"{base}{path}{query}", timeout=30) as resp:
-        return json.loads(resp.read())
+    return get_json(base, path, timeout_s=30, **params)
 
 
 def stored_events(base: str) -> int:

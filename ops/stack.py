@@ -11,15 +11,15 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from ops.kafka.broker import KafkaBroker, Progress
-from ops.kafka.topics import create_topics
-from ops.procs import pid_alive, stop_group
+from streams.kafka import ensure_topics
+from sinks.http_json import ApiError, get_json
+from sinks.procs import pid_alive, stop_group
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,7 @@ class Stack:
         """Start (or find running) broker and worker; returns the bootstrap address."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         bootstrap = self.broker.start(progress=progress)
-        asyncio.run(create_topics(bootstrap))
+        asyncio.run(ensure_topics(bootstrap))
         if self.worker_running():
             return bootstrap
         cmd = [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap,
@@ -83,10 +83,10 @@ class Stack:
 
     def _http_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.dashboard_url}api/live", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
+            get_json(self.dashboard_url, "api/live", timeout_s=1)
+        except (ApiError, OSError, ValueError):
             return False
+        return True
 
     def worker_pid(self) -> int | None:
         try:

@@ -8,12 +8,13 @@ ahead of the clock, duplicate ids in a batch) live here too.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
+from schemas.clock import system_ms
+from schemas.errors import BadInput
 from schemas.contract import (
     ControlCommand,
     Decision,
@@ -30,19 +31,6 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
-
-
-class BadInput(ValueError):
-    """A message that is not valid contract v1; `field` is a JSON path like `events[3].ts_ms`."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" if field else reason)
-
-
-def _system_now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _bad_input(err: msgspec.MsgspecError) -> BadInput:
@@ -86,7 +74,7 @@ class UsageDecoder(_Decoder):
 
     def __init__(
         self,
-        now_ms: Callable[[], int] = _system_now_ms,
+        now_ms: Callable[[], int] = system_ms,
         max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
         max_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:

@@ -20,6 +20,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from schemas.errors import NormalizeError
+
 __all__ = [
     "CanonicalUsage",
     "NormalizeError",
@@ -49,15 +51,6 @@ class CanonicalUsage(msgspec.Struct, frozen=True, kw_only=True):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise NormalizeError(name, f"must be an int >= 0, got {value!r}")
-
-
-class NormalizeError(ValueError):
-    """A usage object that cannot be normalized; names the offending field and why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def _raw(obj: Any, key: str) -> Any:

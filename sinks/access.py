@@ -7,22 +7,21 @@ ClickHouse server every process may connect, so the CLI goes straight to it.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
-import psutil
-
+from schemas.errors import BudgetwardenError
 from sinks import queries as q
+from sinks.http_json import ApiError, get_json
+from sinks.procs import pid_alive
 from sinks.sqlguard import check_read_only
 from sinks.store import Store, apply_schema, open_store
+from sinks.waste import waste
 from streams.rules_config import load_rules
 from streams.settings import WorkerSettings
 
 
-class AccessError(RuntimeError):
-    pass
+class AccessError(BudgetwardenError):
+    """The data cannot be reached: no store to open, or the owner's API failed."""
 
 
 def owner_url(settings: WorkerSettings) -> str | None:
@@ -32,7 +31,7 @@ def owner_url(settings: WorkerSettings) -> str | None:
         pid, url = int(info["pid"]), str(info["http_url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return url if psutil.pid_exists(pid) else None
+    return url if pid_alive(pid) else None
 
 
 class ApiAccess:
@@ -40,19 +39,10 @@ class ApiAccess:
         self.url = url.rstrip("/")
 
     def get(self, path: str, **params: Any) -> Any:
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         try:
-            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=60) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode("utf-8", "replace")
-            try:
-                body = json.loads(body).get("error", body)
-            except ValueError:
-                pass
-            raise AccessError(f"{path}: {body}") from None
-        except urllib.error.URLError as exc:
-            raise AccessError(f"cannot reach the worker at {self.url}: {exc.reason}") from None
+            return get_json(self.url, path, **params)
+        except ApiError as err:
+            raise AccessError(str(err)) from None
 
 
 class Access:
@@ -72,7 +62,7 @@ class Access:
                 self._store = open_store(self.settings)
             except Exception as exc:
                 raise AccessError(f"cannot open the store ({exc}); is another process holding it?") from None
-            apply_schema(self._store)
+            apply_schema(self._store, self.settings.ttl_days, self.settings.rollup_ttl_days)
         return self._store
 
     def close(self) -> None:
@@ -105,7 +95,7 @@ class Access:
     def waste(self, period: str) -> Any:
         if self.api:
             return self.api.get("/api/waste", period=period)
-        return q.waste(self.store, period)
+        return waste(self.store, period)
 
     def sql(self, text: str) -> list[dict[str, Any]]:
         statement = check_read_only(text)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from chdb import session as chdb_session
 
-from sinks.queries import sql_text
+from sinks.sqlfiles import sql_text
 from sinks.rows import UsageColumns
 from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from schemas.money import format_usd
-from sinks.queries import Row, _run
+from sinks.queries import Row, run_named
 from sinks.store import Store
-from streams.clock import system_ms
+from schemas.clock import system_ms
 
 MINUTE_MS = 60_000
 
@@ -17,7 +17,7 @@ def burn_minutes(store: Store, minutes: int = 60, now_ms: int | None = None,
     every minute present (zero when idle), so the chart's x axis is time, not rows."""
     now = system_ms() if now_ms is None else now_ms
     first = (now // MINUTE_MS - minutes + 1) * MINUTE_MS
-    found = {int(r["minute_ms"]): r for r in _run(store, "burn_minutes", {"start_ms": first, "end_ms": now + 1}, filters)}
+    found = {int(r["minute_ms"]): r for r in run_named(store, "burn_minutes", {"start_ms": first, "end_ms": now + 1}, filters)}
     series = []
     for minute in range(first, now // MINUTE_MS * MINUTE_MS + 1, MINUTE_MS):
         r = found.get(minute)

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from sinks import dashboard_queries as dq
 from sinks import queries as q
-from sinks.periods import PERIODS
+from sinks.waste import waste
+from schemas.calendar import PERIODS
 from sinks.sqlguard import RefusedSQL, check_read_only
 from sinks.store import Store, StoreError, StoreRunner
 from streams.rules_config import RulesConfig, load_rules
@@ -86,7 +87,7 @@ def make_app(
     route("/api/top", lambda r: (q.top, (r.query.get("by", "agent"), _period(r, "day"), _int(r, "limit", 10), _filters(r), _now(r))))
     route("/api/usage", lambda r: (q.usage, (_period(r, "day"), r.query.get("by", "model"), _int(r, "limit", 20), _filters(r), _now(r))))
     route("/api/report", lambda r: (q.report, (_period(r, "day"), _now(r))))
-    route("/api/waste", lambda r: (q.waste, (_period(r, "week"), _filters(r), _now(r))))
+    route("/api/waste", lambda r: (waste, (_period(r, "week"), _filters(r), _now(r))))
     route("/api/tasks/distribution", lambda r: (q.task_distribution, (_period(r, "day"), _filters(r), _now(r))))
     route("/api/cache", lambda r: (q.cache_report, (_period(r, "day"), _filters(r), _now(r))))
     route("/api/drift", lambda r: (q.model_drift, (_period(r, "week"), _filters(r), _now(r))))

@@ -1,6 +1,6 @@
 """Named attribution queries. SQL lives in `sinks/sql/*.sql` (readable, parameterised);
 these functions fill in the database, the dimension column and filters, run it on any
-`Store`, and add the few derived numbers (USD strings, shares, forecasts, waste prices).
+`Store`, and add the few derived numbers (USD strings, shares, forecasts); the waste report is `sinks.waste`.
 
 Every function takes the store first, then keyword parameters: `period` (hour | day |
 week | month | all, a calendar window ending now), `filters` ({dimension: value}),
@@ -10,16 +10,14 @@ with a `usd` 9-decimal string next to it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cache
-from importlib import resources
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from schemas.calendar import Calendar, Window, window
+from schemas.clock import system_ms
 from schemas.money import format_usd
-from schemas.pricing import PriceCatalog, TOKENS_PER_PRICE_UNIT, cost_nanos
-from sinks.periods import UTC, Window, window
+from schemas.pricing import PriceCatalog
+from sinks.sqlfiles import sql_text
 from sinks.store import Store
-from streams.clock import system_ms
 from streams.rules_config import RulesConfig
 
 Row = dict[str, Any]
@@ -34,15 +32,6 @@ DIMENSIONS: dict[str, str] = {
     "provider": "provider",
 }
 
-# The cheaper model a "simple" call could have used, per provider (waste: model overspending).
-CHEAPER_MODEL: dict[str, str] = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku", "google": "gemini-2.0-flash"}
-
-
-@cache
-def sql_text(name: str) -> str:
-    """The named query's SQL as shipped (what `budgetwarden sql` users can read and adapt)."""
-    return resources.files("sinks").joinpath(f"sql/{name}.sql").read_text()
-
 
 def _column(dimension: str) -> str:
     try:
@@ -51,7 +40,9 @@ def _column(dimension: str) -> str:
         raise ValueError(f"dimension must be one of {', '.join(DIMENSIONS)}, got {dimension!r}") from None
 
 
-def _run(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, str] | None = None, dim: str | None = None) -> list[Row]:
+def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, str] | None = None,
+              dim: str | None = None) -> list[Row]:
+    """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled in."""
     sql = sql_text(name).replace("{db}", store.database)
     clauses = []
     for dimension, value in (filters or {}).items():
@@ -64,11 +55,11 @@ def _run(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, 
     return store.query(sql, params)
 
 
-def _window(period: str, now_ms: int | None, tz: ZoneInfo = UTC) -> Window:
-    return window(period, system_ms() if now_ms is None else now_ms, tz)
+def query_window(period: str, now_ms: int | None, calendar: Calendar | None = None) -> Window:
+    return window(period, system_ms() if now_ms is None else now_ms, calendar)
 
 
-def _bounds(w: Window) -> dict[str, Any]:
+def bounds(w: Window) -> dict[str, Any]:
     return {"start_ms": w.start_ms, "end_ms": w.end_ms}
 
 
@@ -89,13 +80,13 @@ def _usage_row(row: Row) -> Row:
 def top(store: Store, by: str = "agent", period: str = "day", limit: int = 10,
         filters: Mapping[str, str] | None = None, now_ms: int | None = None) -> list[Row]:
     """Usage and cost by one dimension, most expensive first."""
-    params = {**_bounds(_window(period, now_ms)), "limit": limit}
-    return [_usage_row(r) for r in _run(store, "usage_by", params, filters, by)]
+    params = {**bounds(query_window(period, now_ms)), "limit": limit}
+    return [_usage_row(r) for r in run_named(store, "usage_by", params, filters, by)]
 
 
 def totals(store: Store, period: str = "day", filters: Mapping[str, str] | None = None, now_ms: int | None = None) -> Row:
-    w = _window(period, now_ms)
-    row = _run(store, "totals", _bounds(w), filters)[0]
+    w = query_window(period, now_ms)
+    row = run_named(store, "totals", bounds(w), filters)[0]
     for k, v in row.items():
         row[k] = int(v)
     return {"period": period, "start_ms": w.start_ms, "end_ms": w.end_ms, **with_usd(row)}
@@ -111,9 +102,9 @@ def usage(store: Store, period: str = "day", by: str = "model", limit: int = 20,
 def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -> list[Row]:
     """Budget vs actual today (rules time zone) for every budget in the rules file, plus the
     default agent budget for each agent seen today."""
-    w = _window("day", now_ms, rules.tz())
+    w = query_window("day", now_ms, Calendar(rules.tz()))
     actual: dict[str, dict[str, Row]] = {"agent": {}, "user": {}, "team": {}, "global": {}}
-    for r in _run(store, "budget_status", _bounds(w)):
+    for r in run_named(store, "budget_status", bounds(w)):
         actual[r["scope"]][r["key"]] = r
     total = actual["global"].get("", {})
     out: list[Row] = []
@@ -149,7 +140,7 @@ def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -
 def task_distribution(store: Store, period: str = "day", filters: Mapping[str, str] | None = None,
                       now_ms: int | None = None) -> Row:
     """Cost per task: p50/p90/p99/max and the share of spend in the top 1% of tasks."""
-    row = _run(store, "task_distribution", _bounds(_window(period, now_ms)), filters)[0]
+    row = run_named(store, "task_distribution", bounds(query_window(period, now_ms)), filters)[0]
     tasks, total = int(row["tasks"]), int(row["total_nano"])
     q = [int(v) for v in row["q"]] if tasks else [0, 0, 0]
     top1 = int(row["top1pct_nano"])
@@ -166,11 +157,11 @@ def task_distribution(store: Store, period: str = "day", filters: Mapping[str, s
 def cache_report(store: Store, period: str = "day", filters: Mapping[str, str] | None = None,
                  now_ms: int | None = None) -> Row:
     """Caching per model and per agent: hit rate, savings, write premium, net."""
-    params = _bounds(_window(period, now_ms))
+    params = bounds(query_window(period, now_ms))
 
     def rows(dim: str) -> list[Row]:
         result = []
-        for r in _run(store, "cache", dict(params), filters, dim):
+        for r in run_named(store, "cache", dict(params), filters, dim):
             for k in ("events", "input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                       "savings_nano", "write_premium_nano", "net_nano"):
                 r[k] = int(r[k])
@@ -185,9 +176,9 @@ def cache_report(store: Store, period: str = "day", filters: Mapping[str, str] |
 def model_drift(store: Store, period: str = "week", filters: Mapping[str, str] | None = None,
                 now_ms: int | None = None) -> list[Row]:
     """Each model's share of cost in this period vs the previous one (share points)."""
-    w = _window(period, now_ms)
+    w = query_window(period, now_ms)
     prev = w.previous()
-    rows = _run(store, "drift", {**_bounds(w), "prev_start_ms": prev.start_ms}, filters)
+    rows = run_named(store, "drift", {**bounds(w), "prev_start_ms": prev.start_ms}, filters)
     cur_total = sum(int(r["cur_nano"]) for r in rows)
     prev_total = sum(int(r["prev_nano"]) for r in rows)
     out = []
@@ -214,7 +205,7 @@ def burn(store: Store, now_ms: int | None = None, filters: Mapping[str, str] | N
     # One pass over UTC days since the earlier of 28 days ago and the month's start: every
     # window here begins at a UTC midnight, so each is an exact sum of whole days.
     first = min(start, windows["month"].start_ms)
-    days = {int(r["day_ms"]): int(r["nano_usd"]) for r in _run(store, "burn", {"start_ms": first, "end_ms": now + 1}, filters)}
+    days = {int(r["day_ms"]): int(r["nano_usd"]) for r in run_named(store, "burn", {"start_ms": first, "end_ms": now + 1}, filters)}
     recent = {d: v for d, v in days.items() if d >= start}
     last7 = sum(v for d, v in recent.items() if d >= (now // day_ms - 6) * day_ms)
     last28 = sum(recent.values())
@@ -251,9 +242,9 @@ def load_prices(store: Store, catalog: PriceCatalog, version: str | None = None)
 def reprice(store: Store, catalog_version: str, period: str = "month", filters: Mapping[str, str] | None = None,
             now_ms: int | None = None) -> Row:
     """Cost of a period under another (already loaded) catalog version, per model and total."""
-    params = {**_bounds(_window(period, now_ms)), "catalog_version": catalog_version}
+    params = {**bounds(query_window(period, now_ms)), "catalog_version": catalog_version}
     rows = []
-    for r in _run(store, "reprice", params, filters):
+    for r in run_named(store, "reprice", params, filters):
         row = {"key": r["key"], "events": int(r["events"]), "nano_usd": int(r["nano_usd"]),
                "repriced_nano_usd": int(r["repriced_nano_usd"]), "unpriced_events": int(r["unpriced_events"])}
         row["delta_nano_usd"] = row["repriced_nano_usd"] - row["nano_usd"]
@@ -265,97 +256,7 @@ def reprice(store: Store, catalog_version: str, period: str = "month", filters: 
 
 # decisions --------------------------------------------------------------------------------
 def decisions(store: Store, limit: int = 50, period: str = "all", now_ms: int | None = None) -> list[Row]:
-    return _run(store, "decisions", {**_bounds(_window(period, now_ms)), "limit": limit})
-
-
-# waste ------------------------------------------------------------------------------------
-def _round(total: int) -> int:
-    return (total + TOKENS_PER_PRICE_UNIT // 2) // TOKENS_PER_PRICE_UNIT
-
-
-def waste(store: Store, period: str = "week", filters: Mapping[str, str] | None = None, now_ms: int | None = None,
-          catalog: PriceCatalog | None = None, simple_output: int = 300, simple_context: int = 4_000,
-          bloat_tokens: int = 32_000, task_limit: int | None = None, cache_min_tokens: int = 100_000,
-          cache_target_hit: float = 0.5) -> Row:
-    """The five waste categories, each with an estimated figure and a recommendation.
-
-    - model_overspending: "simple" calls (output <= simple_output, context <= simple_context)
-      on a model pricier than CHEAPER_MODEL of its provider: cost - cost of the same tokens there.
-    - context_bloat: uncached input above bloat_tokens per call, at the call's input rate.
-    - redundant_calls: repeated prompt_hash in a task: the cost of every repeat.
-    - runaway_loops: spend after a kill_task decision or after the task passed task_limit tokens.
-    - poor_caching: (agent, model) with >= cache_min_tokens input-side tokens and a hit rate
-      below cache_target_hit: (target x context - reads) x (input - cache_read price).
-    """
-    catalog = catalog or PriceCatalog.default()
-    now = system_ms() if now_ms is None else now_ms
-    bounds = _bounds(_window(period, now))
-    shapes = _run(store, "waste_shapes", {**bounds, "simple_output": simple_output, "simple_context": simple_context,
-                                           "bloat_tokens": bloat_tokens}, filters)
-    overspend: dict[tuple[str, str, str], int] = {}
-    bloat: dict[str, tuple[int, int]] = {}
-    caching: dict[tuple[str, str], tuple[int, float]] = {}
-    for r in shapes:
-        entry = catalog.lookup(r["model"], r["provider"], now)
-        cheap_name = CHEAPER_MODEL.get(r["provider"])
-        cheap = catalog.lookup(cheap_name, r["provider"], now) if cheap_name else None
-        if entry and cheap and cheap.model != entry.model and int(r["simple_events"]) and entry.input > cheap.input:
-            alt = cost_nanos(cheap, int(r["simple_input_tokens"]), int(r["simple_output_tokens"]),
-                             int(r["simple_cache_read_tokens"]), int(r["simple_cache_write_tokens"]),
-                             int(r["simple_cache_write_1h_tokens"]))
-            saved = int(r["simple_nano_usd"]) - alt
-            if saved > 0:
-                overspend[(r["agent_id"], r["model"], cheap.model)] = saved
-        if int(r["bloated_events"]):
-            n, v = bloat.get(r["agent_id"], (0, 0))
-            bloat[r["agent_id"]] = (n + int(r["bloated_events"]), v + int(r["bloat_nano_usd"]))
-        reads = int(r["all_cache_read_tokens"])
-        context = int(r["all_input_tokens"]) + reads + int(r["all_cache_write_tokens"])
-        if entry and entry.cache_read < entry.input and context >= cache_min_tokens:
-            hit = reads / context
-            missed = int(context * cache_target_hit) - reads
-            if hit < cache_target_hit and missed > 0:
-                caching[(r["agent_id"], r["model"])] = (_round(missed * (entry.input - entry.cache_read)), hit)
-
-    limit = task_limit if task_limit is not None else 2**63 - 1
-    redundant = _run(store, "waste_redundant", dict(bounds), filters)
-    runaway = _run(store, "waste_runaway", {**bounds, "task_limit": limit}, filters)
-
-    def category(name: str, items: list[Row], recommendation: str) -> Row:
-        total = sum(i["nano_usd"] for i in items)
-        items.sort(key=lambda i: (-i["nano_usd"], str(i.get("agent_id"))))
-        return {"category": name, "nano_usd": total, "usd": format_usd(total),
-                "recommendation": recommendation, "items": [with_usd(i) for i in items]}
-
-    cats = [
-        category("model_overspending", [
-            {"agent_id": a, "model": m, "cheaper_model": c, "nano_usd": v,
-             "recommendation": f"route simple calls of {a} from {m} to {c} (or cascade: try {c} first, escalate on failure)"}
-            for (a, m, c), v in overspend.items()],
-            f"Use a cheaper model or a cascade for simple calls (<= {simple_output} output, <= {simple_context} context tokens)."),
-        category("context_bloat", [
-            {"agent_id": a, "calls": n, "nano_usd": v,
-             "recommendation": f"compress or trim the context of {a}: summarize history, drop stale tool output, retrieve fewer chunks"}
-            for a, (n, v) in bloat.items()],
-            f"Compress or trim context: {bloat_tokens} uncached input tokens per call is the budget used here."),
-        category("redundant_calls", [
-            {"agent_id": r["agent_id"], "calls": int(r["redundant_calls"]), "nano_usd": int(r["nano_usd"]),
-             "recommendation": f"dedupe or cache the repeated calls of {r['agent_id']} (memoize by prompt_hash within a task)"}
-            for r in redundant],
-            "Dedupe or cache calls that repeat the same prompt_hash inside a task."),
-        category("runaway_loops", [
-            {"agent_id": r["agent_id"], "tasks": int(r["tasks"]), "nano_usd": int(r["nano_usd"]),
-             "recommendation": f"add a loop guard to {r['agent_id']}: cap steps and tokens per task, stop on repeated prompt_hash"}
-            for r in runaway],
-            "Add loop guards: a per-task token/step cap and loop detection that kills the task early."),
-        category("poor_caching", [
-            {"agent_id": a, "model": m, "hit_rate": round(h, 6), "nano_usd": v,
-             "recommendation": f"move volatile content of {a} after the static prefix so {m} can cache it (hit rate {h:.0%})"}
-            for (a, m), (v, h) in caching.items()],
-            f"Move volatile content (timestamps, user input, tool results) after the static prefix; target hit rate {cache_target_hit:.0%}."),
-    ]
-    total = sum(c["nano_usd"] for c in cats)
-    return {"period": period, "nano_usd": total, "usd": format_usd(total), "categories": cats}
+    return run_named(store, "decisions", {**bounds(query_window(period, now_ms)), "limit": limit})
 
 
 # the report -------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ops.kafka.settings import client_options_from_env
 from sinks.http import make_app
 from sinks.store import Store, StoreRunner, apply_schema, open_store
-from sinks.writer import SinkTopics, SinkWriter, WriterConfig
+from schemas.topics import Topics
+from sinks.writer import SinkWriter, WriterConfig
 from streams.rules_config import load_rules
 from streams.settings import WorkerSettings
 
@@ -40,7 +40,7 @@ class SinkService:
         live_status: Callable[[], dict[str, Any]] | None = None,
         *,
         store: Store | None = None,
-        sink_topics: SinkTopics = SinkTopics(),
+        topics: Topics = Topics(),
         writer_config: WriterConfig = WriterConfig(),
         group_id: str | None = None,
     ) -> None:
@@ -50,7 +50,7 @@ class SinkService:
         self.writer: SinkWriter | None = None
         self.runner: StoreRunner | None = None
         self._store = store
-        self._topics = sink_topics
+        self._topics = topics
         self._writer_config = writer_config
         self._group_id = group_id
         self._http: web.AppRunner | None = None
@@ -61,9 +61,9 @@ class SinkService:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             store = open_store(self.settings)
         self.runner = StoreRunner(store)
-        await self.runner.run(apply_schema, store)
-        options = client_options_from_env()
-        kwargs: dict[str, Any] = {"sink_topics": self._topics, "config": self._writer_config, "consumer_options": options}
+        await self.runner.run(apply_schema, store, self.settings.ttl_days, self.settings.rollup_ttl_days)
+        kwargs: dict[str, Any] = {"topics": self._topics, "config": self._writer_config,
+                                  "consumer_options": self.settings.kafka.client_options()}
         if self._group_id:
             kwargs["group_id"] = self._group_id
         self.writer = SinkWriter(self.runner, self.settings.bootstrap, **kwargs)

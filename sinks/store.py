@@ -6,13 +6,12 @@ Everything above this layer (DDL, writer, queries) is plain SQL through `command
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from sinks.sqlfiles import sql_text
 from streams.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_DATABASE = "budgetwarden"
-TTL_ENV = "BUDGETWARDEN_TTL_DAYS"
-ROLLUP_TTL_ENV = "BUDGETWARDEN_ROLLUP_TTL_DAYS"
 
 
 class StoreError(RuntimeError):
@@ -52,7 +49,7 @@ class Store(Protocol):
 
 def ddl_statements(database: str, ttl_days: int | None = None, rollup_ttl_days: int | None = None) -> list[str]:
     """The schema as individual statements, database and TTL filled in."""
-    text = resources.files("sinks").joinpath("sql/schema.sql").read_text()
+    text = sql_text("schema")
     ttl = f"TTL toDateTime(ts) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
     rollup_ttl = f"TTL bucket + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
@@ -60,14 +57,9 @@ def ddl_statements(database: str, ttl_days: int | None = None, rollup_ttl_days: 
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
 
-def _env_days(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else None
-
-
-def apply_schema(store: Store) -> None:
-    """Create whatever is missing; safe to run at every start."""
-    for stmt in ddl_statements(store.database, _env_days(TTL_ENV), _env_days(ROLLUP_TTL_ENV)):
+def apply_schema(store: Store, ttl_days: int | None = None, rollup_ttl_days: int | None = None) -> None:
+    """Create whatever is missing; safe to run at every start (TTLs: `WorkerSettings.ttl_days`, ...)."""
+    for stmt in ddl_statements(store.database, ttl_days, rollup_ttl_days):
         store.command(stmt)
 
 

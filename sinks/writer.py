@@ -19,29 +19,17 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from ops.kafka import topics
 from schemas.codec import BadInput, UsageDecoder, decode_control, decode_deadletter, decode_decision, decode_policy
 from schemas.pricing import PriceCatalog
+from schemas.topics import Topics
 from sinks.batch import Batch, RecentIds, StoreUnavailable, WriteResult, write_batch
 from sinks.rows import UsageColumns, control_row, deadletter_row, decision_row, policy_row, rejected
 from sinks.store import StoreError, StoreRunner
-from streams.clock import system_ms
+from schemas.clock import system_ms
 
 log = structlog.get_logger(__name__)
 
 GROUP_ID = "budgetwarden-sink"
-
-
-@dataclass(frozen=True)
-class SinkTopics:
-    usage: str = topics.USAGE
-    decisions: str = topics.DECISIONS
-    control: str = topics.CONTROL
-    policies: str = topics.POLICIES
-    deadletter: str = topics.DEADLETTER
-
-    def all(self) -> list[str]:
-        return [self.usage, self.decisions, self.control, self.policies, self.deadletter]
 
 
 @dataclass(frozen=True)
@@ -74,7 +62,7 @@ class SinkWriter:
         runner: StoreRunner,
         bootstrap: str,
         *,
-        sink_topics: SinkTopics = SinkTopics(),
+        topics: Topics = Topics(),
         group_id: str = GROUP_ID,
         config: WriterConfig = WriterConfig(),
         catalog: PriceCatalog | None = None,
@@ -82,7 +70,7 @@ class SinkWriter:
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.runner = runner
-        self.topics = sink_topics
+        self.topics = topics
         self.config = config
         self.stats = WriterStats()
         self._catalog = catalog or PriceCatalog.default()
@@ -108,16 +96,16 @@ class SinkWriter:
             **(consumer_options or {}),
         )
         self._handlers: dict[str, Callable[[Batch, Any], None]] = {
-            sink_topics.decisions: self._on_decision,
-            sink_topics.control: self._on_control,
-            sink_topics.policies: self._on_policy,
-            sink_topics.deadletter: self._on_deadletter,
+            topics.decisions: self._on_decision,
+            topics.control: self._on_control,
+            topics.policies: self._on_policy,
+            topics.deadletter: self._on_deadletter,
         }
 
     # lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self._consumer.start()
-        self._consumer.subscribe(self.topics.all(), listener=_Revoked(self))
+        self._consumer.subscribe(self.topics.sink(), listener=_Revoked(self))
         self._task = asyncio.create_task(self._run(), name="sink-writer")
 
     async def stop(self) -> None:

@@ -1,7 +1,7 @@
 """The Faust wiring of the processor: topics, tables, agents. Logic lives in engine/merger.
 
-Measured facts drive the shape (see DESIGN.md): Faust costs per event and per table write,
-so the usage agent reads raw bytes in batches (`noack_take`, a few ms), hands them to the
+Measured facts drive the shape (docs/ARCHITECTURE.md): Faust costs per event and per table
+write, so the usage agent reads raw bytes in batches (`noack_take`, a few ms), hands them to the
 pure `Engine`, publishes its decisions at once, and every `state_interval` writes each
 record changed since the last write to the changelog ONCE; only then are the events behind
 it acknowledged, so a committed offset is never ahead of the state that counted it. Every
@@ -12,7 +12,6 @@ partitions. Policies are re-read from the start of the compacted topic at every 
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,125 +20,23 @@ import faust
 import structlog
 import msgspec
 from msgspec import to_builtins
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from faust.exceptions import ProducerSendError
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 
-from ops.kafka.settings import client_options_from_env, faust_credentials
-from ops.kafka.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE, topic_specs
-from schemas.codec import BadInput, decode_policy, encode
+from schemas.clock import Clock, system_ms
+from schemas.codec import decode_policy, encode
 from schemas.contract import ControlCommand, Decision
-from streams.clock import Clock, system_ms
+from schemas.errors import InputError
+from schemas.topics import Topics
 from streams.engine import Engine
+from streams.faust_overrides import PromptFetchConsumer, quiet_client_debug_logs
+from streams.kafka import read_compacted
 from streams.merger import Merger
-from streams.rules_config import ConfigError, RulesConfig, apply_policy, load_rules
+from streams.rules_config import RulesConfig, apply_policy, load_rules
 from streams.settings import WorkerSettings
 from streams.state import decode_rollup, encode_state
 
 log = structlog.get_logger(__name__)
-
-ROLLUPS = "budget.rollups"
-FETCH_MAX_WAIT_MS = 20
-
-
-class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust hard-codes `fetch_max_wait_ms=1500`. aiokafka leaves a partition whose fetched
-    records are not yet drained out of the next fetch and keeps one fetch in flight per broker,
-    so once the loop is busy (the sink shares it) a fetch without the usage partitions can sit
-    at the broker for up to 1.5 s while new usage waits behind it. Measured in the soak: events
-    waited before the engine (Faust's stream queue empty) on a ~1.5 s sawtooth, decision p50
-    1.1-1.4 s; with 20 ms, p50 49 ms. A short wait costs a few empty fetches a second when idle."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its Fetcher, created at start
-        return consumer
-
-
-class _PromptFetchConsumer(faust_aiokafka.Consumer):
-    # exactly-once: held while a batch is between its first send and the state and acks that close
-    # it, so a transaction never commits a decision without the state that records it as fired
-    commit_guard: asyncio.Lock | None = None
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        if self.commit_guard is None:
-            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
-        async with self.commit_guard:
-            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
-
-    _transactions_ended = False
-
-    async def commit_and_end_transactions(self) -> None:
-        """Faust ends the transactions twice when stopping (the app's stop, then the consumer's):
-        the second found the producers outside any transaction, raised, and the worker never
-        exited after SIGTERM (1 stop in 4 in the exactly-once rebalance test). What was acked
-        in between is replayed by the next owner."""
-        if self._transactions_ended:
-            return
-        await super().commit_and_end_transactions()
-        self._transactions_ended = self.in_transaction
-
-    async def perform_seek(self) -> None:
-        """Faust's recovery resumes the stream partitions, with the consumer's flow already on
-        (it was turned on to read the changelogs), and only then seeks them to their committed
-        offsets. While that seek awaited the broker, the fetch loop handed records to streams
-        that skip them (flow control still suspended) yet moved its read offset to the last one;
-        the seek then re-fetched from the committed offset and the loop dropped every record
-        below that read offset as already read, and the aiokafka position had moved past them.
-        Seen after a kill -9 restart: offsets 34-130 of a partition never reached the agent,
-        and Faust's gap tracking then committed past them (events lost for good). The flow is
-        stopped for the duration of the seek, so the loop reads nothing until the read offsets
-        and positions agree again."""
-        resume = self.flow_active
-        generation = self.app.consumer_generation_id
-        log.info("processor.seek_start", flow_was_active=resume, generation=generation)
-        self.stop_flow()
-        try:
-            await super().perform_seek()
-        finally:
-            if resume:
-                self.resume_flow()
-            log.info("processor.seek_end", flow_active=self.flow_active, generation=generation,
-                     now_generation=self.app.consumer_generation_id)
-
-
-def quiet_client_debug_logs() -> None:
-    """Faust's worker leaves the root logger at DEBUG (handlers filter), so aiokafka and Faust
-    built a LogRecord, stack walk included, for every Kafka request and every message sent:
-    ~7% of the worker's CPU in a profile. Their debug lines are dropped here, info and up kept."""
-    for name in ("aiokafka", "faust"):
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:  # an explicit level set by someone else stands
-            logger.setLevel(logging.INFO)
-
-
-def topic_names(prefix: str = "") -> dict[str, str]:
-    return {name: prefix + name for name in (USAGE, DECISIONS, CONTROL, POLICIES, DEADLETTER, ROLLUPS)}
-
-
-async def ensure_topics(bootstrap: str, partitions: int, prefix: str = "", **client_options: Any) -> None:
-    """The contract's topics (under an optional prefix, for tests and benchmarks) plus rollups."""
-    specs = [(prefix + s.name, s.partitions, s.config) for s in topic_specs(partitions)]
-    specs.append((prefix + ROLLUPS, 1, {}))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        for name, parts, config in specs:
-            if name not in existing:
-                try:
-                    await admin.create_topics([NewTopic(name, parts, 1, topic_configs=config)])
-                except TopicAlreadyExistsError:
-                    pass
-    finally:
-        await admin.close()
-
 
 class Processor:
     """One Faust app: usage → engine → decisions/control/dead letters; rollups → merger."""
@@ -160,7 +57,7 @@ class Processor:
     ) -> None:
         self.settings = settings
         self.config = config or load_rules(settings.rules_path)
-        self.names = topic_names(topic_prefix)
+        self.topics = Topics(topic_prefix)
         self.engine = Engine(self.config, now_ms, control_key=settings.control_key)
         self.merger = Merger(self.config, now_ms, control_key=settings.control_key)
         self.now_ms = now_ms
@@ -185,7 +82,7 @@ class Processor:
         app = self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{settings.bootstrap}",
-            broker_credentials=faust_credentials(client_options_from_env()),  # SASL/SSL from the environment
+            broker_credentials=settings.kafka.faust_credentials(),
             store="memory://",
             datadir=str(settings.state_dir / "faust"),
             key_serializer="raw",
@@ -206,13 +103,13 @@ class Processor:
             broker_heartbeat_interval=2.0,
             stream_buffer_maxsize=max(4096, batch_max * 2),
         )
-        app.transport.Consumer = _PromptFetchConsumer
+        app.transport.Consumer = PromptFetchConsumer
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-        self.usage_topic = app.topic(self.names[USAGE], **raw)
-        self.decisions_topic = app.topic(self.names[DECISIONS], **raw)
-        self.control_topic = app.topic(self.names[CONTROL], **raw)
-        self.deadletter_topic = app.topic(self.names[DEADLETTER], **raw)
-        self.rollup_topic = app.topic(self.names[ROLLUPS], partitions=1, **raw)
+        self.usage_topic = app.topic(self.topics.usage, **raw)
+        self.decisions_topic = app.topic(self.topics.decisions, **raw)
+        self.control_topic = app.topic(self.topics.control, **raw)
+        self.deadletter_topic = app.topic(self.topics.deadletter, **raw)
+        self.rollup_topic = app.topic(self.topics.rollups, partitions=1, **raw)
         table = {"key_type": bytes, "value_type": bytes}
         self.state_table = app.Table("processor-state", partitions=settings.partitions, **table)
         self.merger_table = app.Table("merger-state", partitions=1, **table)
@@ -235,7 +132,7 @@ class Processor:
             # batches, and every batch leaves its state written and its events acked
             self.state_interval = 0.0
             consumer = self.app.consumer
-            if isinstance(consumer, _PromptFetchConsumer):
+            if isinstance(consumer, PromptFetchConsumer):
                 consumer.commit_guard = self._batch_lock
         flusher = asyncio.ensure_future(self._flush_idle_state())
         try:
@@ -263,7 +160,7 @@ class Processor:
     async def _state_recovered(self) -> None:
         """After every rebalance's table recovery, before the streams resume."""
         await self.restore_partitions(
-            {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names[USAGE]})
+            {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.topics.usage})
 
     async def restore_partitions(self, active: set[int]) -> None:
         """Forget the partitions taken away, load the newly assigned ones from the state table
@@ -330,7 +227,7 @@ class Processor:
             log.warning("usage.offset_gap", partition=partition, expected=expected, got=got,
                         hint="messages skipped by the consumer are not counted (or transaction markers)")
         s["dead_letters"] += len(out.dead_letters)
-        usage = self.names[USAGE]
+        usage = self.topics.usage
         for key, letter in out.dead_letters:
             log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
                         offset=letter.offset)
@@ -403,7 +300,7 @@ class Processor:
             await self._produce(topic, key, value, transaction, partition)
 
     async def _flush_rollups(self) -> None:
-        usage = self.names[USAGE]
+        usage = self.topics.usage
         for rollup in self.engine.take_rollups():
             txn = self._transaction_of(usage, rollup.source)  # the worker running the merger may be another
             try:
@@ -432,7 +329,7 @@ class Processor:
             except Exception as err:  # noqa: BLE001 - an internal topic; skip what we cannot read
                 log.error("rollup.undecodable", error=str(err), offset=e.message.offset)
         out = self.merger.apply(rollups)
-        rollups_txn = self._transaction_of(self.names[ROLLUPS], 0)
+        rollups_txn = self._transaction_of(self.topics.rollups, 0)
         await self._publish(out.decisions, out.commands, lambda _agent: rollups_txn)
         for key, value in out.writes:
             self.merger_table.data[key] = value
@@ -451,32 +348,12 @@ class Processor:
 
     async def _policy_task(self) -> None:
         """Read `budget.policies` from the start (it is compacted: the current settings), then follow it."""
-        name = self.names[POLICIES]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", **client_options_from_env())
-        await consumer.start()
-        try:
-            await consumer.topics()  # loads metadata
-            parts = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or {0})]
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            end = await consumer.end_offsets(parts)
-            pending = {tp for tp, off in end.items() if off > 0}
-            if not pending:
-                self.policies_ready.set()
-            while True:
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        self.apply_policy_bytes(record.value)
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-                if not pending and not self.policies_ready.is_set():
-                    log.info("policies.loaded", version=self.config.version)
-                    self.policies_ready.set()
-        finally:
-            await consumer.stop()
+        def caught_up() -> None:
+            log.info("policies.loaded", version=self.config.version)
+            self.policies_ready.set()
+
+        await read_compacted(self.settings.bootstrap, self.topics.policies, lambda _key, value: self.apply_policy_bytes(value),
+                             security=self.settings.kafka, follow=True, on_caught_up=caught_up)
 
     def apply_policy_bytes(self, raw: bytes | None) -> None:
         if raw is None:
@@ -484,7 +361,7 @@ class Processor:
         try:
             policy = decode_policy(raw)
             config = apply_policy(self.config, policy)
-        except (BadInput, ConfigError) as err:
+        except InputError as err:
             log.warning("policy.rejected", error=str(err))
             return
         self.config = config

@@ -22,7 +22,7 @@ import msgspec
 from schemas.codec import BadInput, UsageDecoder
 from schemas.contract import ControlCommand, Decision, DeadLetter, Limits, UsageEvent
 from schemas.pricing import PriceCatalog
-from streams.clock import Clock, system_ms
+from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
 from streams.rules import Emitter, agent_decisions, task_decisions
 from streams.rules_config import RulesConfig
@@ -42,7 +42,7 @@ from streams.state import (
     id_hash,
     position,
 )
-from streams.windows import MINUTE_MS, DayCalendar
+from schemas.calendar import MINUTE_MS, Calendar
 
 AGENT_PREFIX = b"a|"
 DIM_PREFIX = b"d|"
@@ -77,7 +77,7 @@ class _Pending:
 
     __slots__ = ("state", "since", "calendar", "fine", "minute", "ts", "tokens", "nano", "max_ts", "trigger", "agents")
 
-    def __init__(self, state: AgentState | DimState, since: int, calendar: DayCalendar, fine: bool,
+    def __init__(self, state: AgentState | DimState, since: int, calendar: Calendar, fine: bool,
                  agents: dict[str, None] | None = None) -> None:
         self.state = state
         self.since = since
@@ -171,7 +171,7 @@ class Engine:
     def set_config(self, config: RulesConfig) -> None:
         """Swap in new budgets/rules (a policy arrived); limits are re-derived lazily."""
         self.config = config
-        self.calendar = DayCalendar(config.tz())
+        self.calendar = Calendar(config.tz())
         self.emitter = Emitter(config, self.now_ms)
         self._limits: dict[str, Limits] = {}
 

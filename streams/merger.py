@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Struct
 
 from schemas.contract import ControlCommand, Decision, Limits
-from streams.clock import Clock, system_ms
+from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
 from streams.rules import Emitter, dim_decisions
 from streams.rules_config import RulesConfig

@@ -16,7 +16,7 @@ from typing import Any
 
 from schemas.contract import Decision, Limits, UsageEvent
 from schemas.money import format_usd
-from streams.clock import Clock
+from schemas.clock import Clock
 from streams.rules_config import RulesConfig
 from streams.state import HASHES_CAP, AgentState, TaskState
 from streams.windows import hour_start

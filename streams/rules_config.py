@@ -16,6 +16,7 @@ from msgspec import Meta, Struct
 from typing_extensions import Annotated
 
 from schemas.contract import Limits, Policy
+from schemas.errors import ConfigError
 from schemas.money import usd_to_nanos
 
 Factor = Annotated[float, Meta(gt=0)]
@@ -85,10 +86,6 @@ class RulesConfig(Struct, forbid_unknown_fields=True):
         return _overlay(self.budgets.default_agent, own)
 
 
-class ConfigError(ValueError):
-    """The rules file or a policy is invalid; the message names the field."""
-
-
 def _overlay(base: Limits, top: Limits) -> Limits:
     merged = msgspec.structs.asdict(base)
     merged.update({k: v for k, v in msgspec.structs.asdict(top).items() if v is not None})
@@ -104,7 +101,7 @@ def _usd_fields_to_nanos(limits: Any, where: str) -> Any:
         try:
             out["daily_nano_usd"] = usd_to_nanos(out.pop("daily_usd"))
         except ValueError as err:
-            raise ConfigError(f"{where}.daily_usd: {err}") from None
+            raise ConfigError(f"{where}.daily_usd", str(err)) from None
     return out
 
 
@@ -116,7 +113,7 @@ def _normalize_budgets(raw: dict[str, Any]) -> dict[str, Any]:
     for group in ("agents", "users", "teams"):
         members = budgets.get(group) or {}
         if not isinstance(members, dict):
-            raise ConfigError(f"budgets.{group}: expected a mapping of name to limits")
+            raise ConfigError(f"budgets.{group}", "expected a mapping of name to limits")
         budgets[group] = {name: _usd_fields_to_nanos(lim or {}, f"budgets.{group}.{name}") for name, lim in members.items()}
     return {**raw, "budgets": budgets}
 
@@ -125,31 +122,31 @@ def parse_rules(raw: dict[str, Any] | None) -> RulesConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("rules file: expected a mapping at the top level")
+        raise ConfigError("rules file", "expected a mapping at the top level")
     try:
         config = msgspec.convert(_normalize_budgets(raw), RulesConfig, strict=False)
     except msgspec.ValidationError as err:
-        raise ConfigError(f"rules file: {err}") from None
+        raise ConfigError("rules file", str(err)) from None
     try:
         config.tz()
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"timezone: unknown time zone {config.timezone!r}") from None
+        raise ConfigError("timezone", f"unknown time zone {config.timezone!r}") from None
     return config
 
 
 def load_rules(path: Path | str | None) -> RulesConfig:
-    """The rules file, or the defaults (`ops/config/rules.default.yaml`) when none is given."""
+    """The rules file, or the defaults (`streams/rules.default.yaml`, beside this module) when none is given."""
     try:
         if path is None:
-            text = resources.files("ops.config").joinpath("rules.default.yaml").read_text()
+            text = resources.files("streams").joinpath("rules.default.yaml").read_text()
         else:
             text = Path(path).read_text()
     except OSError as err:
-        raise ConfigError(f"rules file {path}: {err.strerror}") from None
+        raise ConfigError(f"rules file {path}", str(err.strerror)) from None
     try:
         return parse_rules(yaml.safe_load(text))
     except yaml.YAMLError as err:
-        raise ConfigError(f"rules file {path}: not valid YAML ({err})") from None
+        raise ConfigError(f"rules file {path}", f"not valid YAML ({err})") from None
 
 
 def apply_policy(config: RulesConfig, policy: Policy) -> RulesConfig:
@@ -172,10 +169,10 @@ def apply_policy(config: RulesConfig, policy: Policy) -> RulesConfig:
     elif policy.scope == "rule":
         current = getattr(rules, policy.subject, None)
         if current is None:
-            raise ConfigError(f"subject: unknown rule {policy.subject!r}")
+            raise ConfigError("subject", f"unknown rule {policy.subject!r}")
         try:
             updated = msgspec.convert({**msgspec.structs.asdict(current), **policy.params}, type(current), strict=False)
         except msgspec.ValidationError as err:
-            raise ConfigError(f"params: {err}") from None
+            raise ConfigError("params", str(err)) from None
         rules = msgspec.structs.replace(rules, **{policy.subject: updated})
     return msgspec.structs.replace(config, budgets=budgets, rules=rules, version=config.version + 1)

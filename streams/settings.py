@@ -1,29 +1,121 @@
-"""Worker settings: flags and environment in one place, shared by processor, sink and web.
+"""Every setting the project reads from the environment, in one place.
 
-Secrets (the control key, ClickHouse password inside CLICKHOUSE_URL) live here but are never
-logged; `describe()` is the loggable view.
+`ENV_VARS` lists each variable once (the README's configuration table says the same); only
+`Environment.read` looks at `os.environ`. Entry points (the CLI, the worker, an agent's
+`BudgetClient`) read it once and hand the values down; components never read the
+environment themselves. Secrets (the control key, SASL password, the password inside
+CLICKHOUSE_URL) live here but are never logged: `describe()` is the loggable view.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ops.logsetup import redact_value
+from schemas.errors import ConfigError
+from schemas.redact import redact_value
+from streams.kafka import KafkaSecurity
+
+DEFAULT_BOOTSTRAP = "localhost:9092"
+
+ENV_VARS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP": f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP})",
+    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default PLAINTEXT)",
+    "KAFKA_SASL_MECHANISM": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "SASL user",
+    "KAFKA_SASL_PASSWORD": "SASL password (secret: never logged)",
+    "KAFKA_SSL_CAFILE": "CA bundle that signs the brokers' certificates",
+    "KAFKA_SSL_CERTFILE": "client certificate (mutual TLS)",
+    "KAFKA_SSL_KEYFILE": "the client certificate's key",
+    "BUDGETWARDEN_CONTROL_KEY": "HMAC key: the processor signs control commands, clients refuse unsigned or forged ones",
+    "BUDGETWARDEN_SPILL_DIR": "where an agent's client spills events while the broker is unreachable (default var/spill)",
+    "BUDGETWARDEN_DATA_DIR": "the worker's data directory: chDB store, state, status files (default var)",
+    "CLICKHOUSE_URL": "a ClickHouse server (http://user:password@host:8123/db) instead of embedded chDB",
+    "BUDGETWARDEN_HTTP_HOST": "address the worker's HTTP API and dashboard bind to (default 127.0.0.1)",
+    "BUDGETWARDEN_HTTP_PORT": "port of the HTTP API and dashboard (default 8088)",
+    "BUDGETWARDEN_TTL_DAYS": "days raw usage events are kept in ClickHouse (default: forever)",
+    "BUDGETWARDEN_ROLLUP_TTL_DAYS": "days the hourly and daily rollups are kept (default: forever)",
+    "BUDGETWARDEN_CACHE": "where `budgetwarden kafka fetch` keeps the Kafka jars (default .cache in the checkout)",
+    "KAFKA_HEAP_OPTS": "JVM heap options of the local broker (default -Xms256m -Xmx1g)",
+}
+PARENT_PID_VAR = "BUDGETWARDEN_PARENT_PID"  # internal: a worker hands it to its sink child
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(name, f"expected an integer, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The values of `ENV_VARS` (unset: None or the default)."""
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    kafka: KafkaSecurity = KafkaSecurity()
+    control_key: bytes | None = field(default=None, repr=False)
+    spill_dir: Path = Path("var/spill")
+    data_dir: Path = Path("var")
+    clickhouse_url: str | None = field(default=None, repr=False)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8088
+    ttl_days: int | None = None
+    rollup_ttl_days: int | None = None
+    cache_dir: Path | None = None
+    kafka_heap_opts: str | None = None
+    parent_pid: int | None = None
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> Environment:
+        """The one place that reads the environment (or `env`, for tests)."""
+        env = os.environ if env is None else env
+        get = env.get
+        key = get("BUDGETWARDEN_CONTROL_KEY")
+        return cls(
+            bootstrap=get("KAFKA_BOOTSTRAP") or cls.bootstrap,
+            kafka=KafkaSecurity(
+                protocol=get("KAFKA_SECURITY_PROTOCOL", ""), sasl_mechanism=get("KAFKA_SASL_MECHANISM", ""),
+                username=get("KAFKA_SASL_USERNAME", ""), password=get("KAFKA_SASL_PASSWORD", ""),
+                ssl_cafile=get("KAFKA_SSL_CAFILE", ""), ssl_certfile=get("KAFKA_SSL_CERTFILE", ""),
+                ssl_keyfile=get("KAFKA_SSL_KEYFILE", ""),
+            ),
+            control_key=key.encode() if key else None,
+            spill_dir=Path(get("BUDGETWARDEN_SPILL_DIR") or cls.spill_dir),
+            data_dir=Path(get("BUDGETWARDEN_DATA_DIR") or cls.data_dir),
+            clickhouse_url=get("CLICKHOUSE_URL") or None,
+            http_host=get("BUDGETWARDEN_HTTP_HOST") or cls.http_host,
+            http_port=_int(env, "BUDGETWARDEN_HTTP_PORT") or cls.http_port,
+            ttl_days=_int(env, "BUDGETWARDEN_TTL_DAYS"),
+            rollup_ttl_days=_int(env, "BUDGETWARDEN_ROLLUP_TTL_DAYS"),
+            cache_dir=Path(get("BUDGETWARDEN_CACHE")) if get("BUDGETWARDEN_CACHE") else None,
+            kafka_heap_opts=get("KAFKA_HEAP_OPTS") or None,
+            parent_pid=_int(env, PARENT_PID_VAR),
+        )
+
 
 Role = Literal["all", "processor", "sink"]
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    bootstrap: str = "localhost:9092"
+    """What the worker's processor, sink and HTTP API run with: flags over the environment."""
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
     rules_path: Path | None = None
     data_dir: Path = Path("var")
-    clickhouse_url: str | None = None
+    clickhouse_url: str | None = field(default=None, repr=False)
     http_host: str = "127.0.0.1"
     http_port: int = 8088
     control_key: bytes | None = field(default=None, repr=False)
+    kafka: KafkaSecurity = KafkaSecurity()
+    ttl_days: int | None = None
+    rollup_ttl_days: int | None = None
     partitions: int = 4
     app_id: str = "budgetwarden"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
@@ -43,16 +135,13 @@ class WorkerSettings:
         return self.data_dir / "worker.json"
 
     @classmethod
-    def from_env(cls, **overrides: object) -> WorkerSettings:
-        env = os.environ
-        key = env.get("BUDGETWARDEN_CONTROL_KEY")
+    def from_env(cls, env: Environment | None = None, **overrides: object) -> WorkerSettings:
+        """The environment's values, with the non-None `overrides` (command-line flags) on top."""
+        e = Environment.read() if env is None else env
         values: dict[str, object] = {
-            "bootstrap": env.get("KAFKA_BOOTSTRAP", cls.bootstrap),
-            "data_dir": Path(env.get("BUDGETWARDEN_DATA_DIR", "var")),
-            "clickhouse_url": env.get("CLICKHOUSE_URL") or None,
-            "http_host": env.get("BUDGETWARDEN_HTTP_HOST", cls.http_host),
-            "http_port": int(env.get("BUDGETWARDEN_HTTP_PORT", cls.http_port)),
-            "control_key": key.encode() if key else None,
+            "bootstrap": e.bootstrap, "data_dir": e.data_dir, "clickhouse_url": e.clickhouse_url,
+            "http_host": e.http_host, "http_port": e.http_port, "control_key": e.control_key, "kafka": e.kafka,
+            "ttl_days": e.ttl_days, "rollup_ttl_days": e.rollup_ttl_days,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -60,6 +149,7 @@ class WorkerSettings:
     def describe(self) -> dict[str, object]:
         return {
             "bootstrap": self.bootstrap,
+            "kafka": self.kafka.describe(),
             "rules_path": str(self.rules_path) if self.rules_path else "defaults",
             "data_dir": str(self.data_dir),
             "clickhouse": redact_value(self.clickhouse_url) if self.clickhouse_url else "chdb",

@@ -2,17 +2,14 @@
 
 State keeps fixed buckets and derives sliding sums at read time, so one event costs a few
 dict increments and a persisted counter stays small. Days are calendar days in the rules
-timezone (a DST day is 23 or 25 hours long), computed once per day and memoized.
+timezone (`schemas.calendar`, shared with the queries and the dashboard).
 """
 from __future__ import annotations
 
-import datetime as dt
-from zoneinfo import ZoneInfo
-
 from msgspec import Struct
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
+from schemas.calendar import HOUR_MS, MINUTE_MS, Calendar
+
 MINUTES_KEPT_MS = 2 * HOUR_MS
 HOURS_KEPT_MS = 48 * HOUR_MS
 
@@ -23,37 +20,6 @@ def minute_start(ts_ms: int) -> int:
 
 def hour_start(ts_ms: int) -> int:
     return ts_ms - ts_ms % HOUR_MS
-
-
-class DayCalendar:
-    """[start, end) of the calendar day holding an instant, in one timezone."""
-
-    def __init__(self, tz: ZoneInfo | str = "UTC") -> None:
-        self.tz = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
-        self._start = 0
-        self._end = 0
-        self._memo: dict[int, tuple[int, int]] = {}
-
-    def bounds(self, ts_ms: int) -> tuple[int, int]:
-        if self._start <= ts_ms < self._end:
-            return self._start, self._end
-        local = dt.datetime.fromtimestamp(ts_ms / 1000, self.tz).date()
-        key = local.toordinal()
-        found = self._memo.get(key)
-        if found is None:
-            start = dt.datetime(local.year, local.month, local.day, tzinfo=self.tz)
-            nxt = local + dt.timedelta(days=1)
-            end = dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz)
-            found = (int(start.timestamp() * 1000), int(end.timestamp() * 1000))
-            if len(self._memo) > 64:
-                self._memo.clear()
-            self._memo[key] = found
-        if ts_ms >= self._start:  # remember the newest day for the fast path
-            self._start, self._end = found
-        return found
-
-    def day_start(self, ts_ms: int) -> int:
-        return self.bounds(ts_ms)[0]
 
 
 class Counter(Struct, array_like=True):
@@ -67,10 +33,10 @@ class Counter(Struct, array_like=True):
     minutes: dict[int, int] = {}
     last_ts: int = 0
 
-    def add(self, ts_ms: int, tokens: int, nano: int, cal: DayCalendar, fine: bool = True) -> None:
+    def add(self, ts_ms: int, tokens: int, nano: int, cal: Calendar, fine: bool = True) -> None:
         """Count one event. Events of an earlier day count in their hour/minute only."""
         if ts_ms >= self.day_end:
-            start, end = cal.bounds(ts_ms)
+            start, end = cal.day_bounds(ts_ms)
             self.day_start, self.day_end, self.day_tokens, self.day_nano = start, end, 0, 0
         if ts_ms >= self.day_start:
             self.day_tokens += tokens

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import pytest
 
 from ops.kafka.broker import KafkaBroker
-from ops.kafka.topics import create_topics
+from streams.kafka import ensure_topics
 
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     bootstrap = broker.start()
-    asyncio.run(create_topics(bootstrap))
+    asyncio.run(ensure_topics(bootstrap))
     yield broker
     broker.stop()
 

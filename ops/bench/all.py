@@ -23,7 +23,7 @@ from typing import Any
 
 from ops.bench import soak
 from ops.kafka.broker import KafkaBroker, Progress
-from ops.kafka.topics import create_topics
+from streams.kafka import ensure_topics
 
 BENCHMARKS = ("processor", "sink", "client")
 SECTIONS = (*BENCHMARKS, "soak")
@@ -74,7 +74,7 @@ def run_benchmarks(names: Sequence[str], progress: Progress) -> dict[str, dict[s
         progress("starting one broker for the benchmarks")
         bootstrap = broker.start(progress=progress)
         try:
-            asyncio.run(create_topics(bootstrap))
+            asyncio.run(ensure_topics(bootstrap))
             for name in names:
                 progress(f"bench {name}")
                 out[name] = run_benchmark(name, bootstrap)

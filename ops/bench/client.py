@@ -22,7 +22,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from ops.kafka.broker import KafkaBroker
-from ops.kafka.topics import CONTROL, create_topics
+from schemas.topics import CONTROL
+from streams.kafka import ensure_topics
 from schemas.codec import encode
 from schemas.contract import ControlCommand
 from streams.client import BudgetClient, TaskKilled
@@ -46,7 +47,7 @@ def _broker(bootstrap: str | None, progress: Progress) -> Iterator[str]:
         progress("starting a throwaway broker")
         address = broker.start()
         try:
-            asyncio.run(create_topics(address))
+            asyncio.run(ensure_topics(address))
             yield address
         finally:
             broker.stop()

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
+from schemas.topics import Topics
 
 AGENTS = 50
 
@@ -99,7 +100,7 @@ def _variant_app(variant: str, bootstrap: str, prefix: str, expected: int, resul
                     key_serializer="raw", web_enabled=False, topic_partitions=4, topic_replication_factor=1,
                     consumer_auto_offset_reset="earliest", datadir=str(result.parent / prefix),
                     stream_buffer_maxsize=4096)
-    topic = app.topic(prefix + "usage.events", key_type=bytes, value_type=bytes)
+    topic = app.topic(Topics(prefix).usage, key_type=bytes, value_type=bytes)
     decode = UsageDecoder().decode
     if variant == "bare":
         @app.agent(topic)
@@ -140,11 +141,11 @@ def run_variant(variant: str, bootstrap: str, prefix: str, expected: int, result
 
 def measure(variant: str, bootstrap: str, workdir: Path, events: int, batch: int = 1, timeout: float = 180) -> float:
     """Fill a fresh topic, run the variant's worker until it has consumed everything; events/s."""
-    from streams.app import ensure_topics
+    from streams.kafka import ensure_topics
 
     prefix = f"bench{variant}{uuid.uuid4().hex[:6]}."
-    asyncio.run(ensure_topics(bootstrap, 4, prefix))
-    asyncio.run(fill(bootstrap, prefix + "usage.events", events, batch))
+    asyncio.run(ensure_topics(bootstrap, Topics(prefix)))
+    asyncio.run(fill(bootstrap, Topics(prefix).usage, events, batch))
     result = workdir / f"{prefix}json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ops.bench.processor", variant, bootstrap, prefix, str(events), str(result)],
@@ -198,7 +199,7 @@ async def _latency(bootstrap: str, prefix: str, rate: int, seconds: float) -> li
                                    "prompt_hash": "same", "step": i % 5, "agent_id": f"agent-{task % AGENTS}"})
             if looping and i % 5 == 4:
                 sent[ev.task_id] = time.perf_counter()
-            await producer.send(prefix + "usage.events", encode(ev), key=ev.agent_id.encode())
+            await producer.send(Topics(prefix).usage, encode(ev), key=ev.agent_id.encode())
             delay = start + (i + 1) / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -212,17 +213,17 @@ async def _latency(bootstrap: str, prefix: str, rate: int, seconds: float) -> li
 
 def latency(bootstrap: str, workdir: Path, rate: int = 1_000, seconds: float = 8.0) -> list[float]:
     """Run the processor live (a worker process) and measure produced → command consumed."""
-    from streams.app import ensure_topics
+    from streams.kafka import ensure_topics
 
     prefix = f"benchlat{uuid.uuid4().hex[:6]}."
-    asyncio.run(ensure_topics(bootstrap, 4, prefix))
+    asyncio.run(ensure_topics(bootstrap, Topics(prefix)))
     ready = workdir / f"{prefix}ready.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ops.bench.processor", "single", bootstrap, prefix, "1", str(ready)],
         stdout=subprocess.DEVNULL, stderr=open(workdir / f"{prefix}log", "wb"), start_new_session=True,
     )
     try:
-        asyncio.run(fill(bootstrap, prefix + "usage.events", 1, 1))  # the worker is up once it has seen this
+        asyncio.run(fill(bootstrap, Topics(prefix).usage, 1, 1))  # the worker is up once it has seen this
         deadline = time.monotonic() + 120
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:

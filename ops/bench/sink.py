@@ -16,18 +16,20 @@ from statistics import median
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ops.kafka.broker import KafkaBroker
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
+from schemas.topics import Topics
 from sinks import queries as q
+from sinks.waste import waste
 from sinks.chdb_store import ChdbStore
 from sinks.rows import USAGE_COLUMNS, UsageColumns
 from sinks.service import freeze_startup_heap
 from sinks.store import StoreRunner, apply_schema
-from sinks.writer import SinkTopics, SinkWriter
+from sinks.writer import SinkWriter
+from streams.kafka import ensure_topics
 from streams.rules_config import load_rules
 
 DAY = 86_400_000
@@ -48,13 +50,9 @@ def bench_events(n: int, tag: str) -> list[UsageEvent]:
     return out
 
 
-async def _produce(bootstrap: str, topic: str, events: list[UsageEvent], per_message: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 4, 1)])
-    finally:
-        await admin.close()
+async def _produce(bootstrap: str, topics: Topics, events: list[UsageEvent], per_message: int) -> None:
+    await ensure_topics(bootstrap, topics)
+    topic = topics.usage
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20,
                                 max_request_size=8 << 20, compression_type=None)
     await producer.start()
@@ -68,11 +66,9 @@ async def _produce(bootstrap: str, topic: str, events: list[UsageEvent], per_mes
         await producer.stop()
 
 
-async def _sink(bootstrap: str, store: ChdbStore, topic: str, n: int) -> float:
+async def _sink(bootstrap: str, store: ChdbStore, topics: Topics, n: int) -> float:
     runner = StoreRunner(store)
-    topics = SinkTopics(usage=topic, decisions=f"{topic}.d", control=f"{topic}.c", policies=f"{topic}.p",
-                        deadletter=f"{topic}.dl")
-    writer = SinkWriter(runner, bootstrap, sink_topics=topics, group_id=f"bench-{uuid.uuid4().hex}")
+    writer = SinkWriter(runner, bootstrap, topics=topics, group_id=f"bench-{uuid.uuid4().hex}")
     await writer.start()
     freeze_startup_heap()  # as the sink process does once started
     while not writer._consumer.assignment():  # time the data path, not the group join
@@ -148,7 +144,7 @@ def query_times(store: ChdbStore, n: int, days: int = 28) -> dict[str, float]:
         "cache_month": lambda: q.cache_report(store, "month", None, now),
         "drift_week": lambda: q.model_drift(store, "week", None, now),
         "burn": lambda: q.burn(store, now),
-        "waste_month": lambda: q.waste(store, "month", None, now),
+        "waste_month": lambda: waste(store, "month", None, now),
         "reprice_month": lambda: q.reprice(store, version, "month", None, now),
         "count_final_all": lambda: store.query(f"SELECT count() AS n FROM {store.database}.usage_events FINAL"),
         "count_plain_all": lambda: store.query(f"SELECT count() AS n FROM {store.database}.usage_events"),
@@ -156,14 +152,14 @@ def query_times(store: ChdbStore, n: int, days: int = 28) -> dict[str, float]:
     return {name: round(_timed(fn), 3) for name, fn in runs.items()}
 
 
-def _round(bootstrap: str, path: Path, topic: str, usage: UsageColumns, index: int) -> dict[str, float]:
+def _round(bootstrap: str, path: Path, topics: Topics, usage: UsageColumns, index: int) -> dict[str, float]:
     """One side-by-side measurement: the writer re-reads the topic (a new group), then the bare
     INSERT of the same rows; each into a fresh database."""
     rows = len(usage)
     sink_store = ChdbStore(path, f"bench_sink_{index}")
     apply_schema(sink_store)
     _settle(sink_store)
-    sink_s = asyncio.run(_sink(bootstrap, sink_store, topic, rows))
+    sink_s = asyncio.run(_sink(bootstrap, sink_store, topics, rows))
     bare_store = ChdbStore(path, f"bench_bare_{index}")
     apply_schema(bare_store)
     _settle(bare_store)
@@ -190,9 +186,9 @@ def run(
             path = Path(tmp) / "clickhouse"
             tag = uuid.uuid4().hex[:8]
             events = bench_events(rows, tag)
-            topic = f"bench.usage.{tag}"
+            topics = Topics(f"bench.{tag}.")
             progress(f"producing {rows:,} events ({per_message} per message)")
-            asyncio.run(_produce(bootstrap, topic, events, per_message))
+            asyncio.run(_produce(bootstrap, topics, events, per_message))
             usage = UsageColumns(PriceCatalog.default())
             usage.append_all(events, list(range(rows)), 0, 0)
             del events  # a sink process holds no event list for the GC to rescan
@@ -200,7 +196,7 @@ def run(
             for r in range(rounds):
                 progress(f"round {r + 1}/{rounds}: Kafka -> writer -> chDB, then one bare INSERT of the same rows "
                          "(Arrow: event JSON + catalog rates)")
-                per_round.append(_round(bootstrap, path, topic, usage, r))
+                per_round.append(_round(bootstrap, path, topics, usage, r))
             result: dict[str, Any] = {"rows": rows, "events_per_message": per_message,
                                       **{k: median(p[k] for p in per_round) for k in per_round[0]},
                                       "rounds": per_round}

@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ops.kafka.broker import Progress, free_port
-from ops.kafka.topics import CONTROL, USAGE
+from schemas.topics import CONTROL, USAGE
 from ops.stack import Stack, read_json
 from schemas.codec import decode_control, encode
 from schemas.contract import UsageEvent

@@ -1,20 +1,27 @@
-"""Helpers every command module shares: one-line errors, the console, defaults from the environment."""
+"""Helpers every command module shares: one-line errors, the console, the environment (read once)."""
 from __future__ import annotations
 
-import os
 import sys
+from functools import cache
 from typing import NoReturn
 
 from rich.console import Console
 
+from streams.settings import Environment
+
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_BOOTSTRAP = "localhost:9092"
+
+
+@cache
+def environment() -> Environment:
+    """The CLI process's settings from the environment, read once."""
+    return Environment.read()
 
 
 def default_bootstrap() -> str:
-    return os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    return environment().bootstrap
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

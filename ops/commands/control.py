@@ -8,8 +8,8 @@ from typing import Annotated
 import msgspec
 import typer
 
-from ops.commands.common import console, default_bootstrap, fail
-from ops.control_cli import build_command, key_from_env, send_command
+from ops.commands.common import console, default_bootstrap, environment, fail
+from ops.control_cli import build_command, send_command
 
 Agent = Annotated[str, typer.Option("--agent", help="The agent id")]
 Bootstrap = Annotated[str, typer.Option(help="Kafka bootstrap (env KAFKA_BOOTSTRAP)")]
@@ -19,11 +19,11 @@ Expires = Annotated[float | None, typer.Option("--expires-in", help="Seconds unt
 
 def _send(command: str, agent: str, bootstrap: str, **fields: object) -> None:
     try:
-        cmd = build_command(command, agent, key=key_from_env(), **fields)  # type: ignore[arg-type]
+        cmd = build_command(command, agent, key=environment().control_key, **fields)  # type: ignore[arg-type]
     except ValueError as err:
         fail(str(err))
     try:
-        asyncio.run(send_command(bootstrap or default_bootstrap(), cmd))
+        asyncio.run(send_command(bootstrap or default_bootstrap(), cmd, security=environment().kafka))
     except Exception as err:  # noqa: BLE001 - one line
         fail(f"could not send to {bootstrap or default_bootstrap()}: {err}", 1)
     console.print_json(json.dumps(msgspec.to_builtins(cmd)))

@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ops.commands.common import console, default_bootstrap, err_console, fail
+from ops.commands.common import console, default_bootstrap, environment, err_console, fail
 from ops.kafka.broker import BrokerError, KafkaBroker, fetch
-from ops.kafka.topics import create_topics
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Broker config, data and logs")]
 
@@ -67,11 +66,12 @@ def register(app: typer.Typer) -> None:
         bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")] = "",
         partitions: Annotated[int, typer.Option(min=1)] = 4,
     ) -> None:
-        """Create the five topics of the contract (budget.policies compacted); existing ones are kept."""
-        from ops.kafka.settings import client_options_from_env
+        """Create the contract's topics (budget.policies compacted) and the internal rollups; existing ones are kept."""
+        from schemas.topics import Topics
+        from streams.kafka import ensure_topics
 
         try:
-            result = asyncio.run(create_topics(bootstrap or default_bootstrap(), partitions, **client_options_from_env()))
+            result = asyncio.run(ensure_topics(bootstrap or default_bootstrap(), Topics(), partitions, environment().kafka))
         except Exception as err:  # noqa: BLE001 - report any client error in one line
             fail(f"could not create topics on {bootstrap or default_bootstrap()}: {err}", 1)
         for name, outcome in result.items():

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ops.commands.common import console, fail
 from sinks.access import Access, AccessError
-from sinks.periods import PERIODS
+from schemas.calendar import PERIODS
 from sinks.queries import DIMENSIONS
 from sinks.sqlguard import RefusedSQL
 from sinks.store import StoreError

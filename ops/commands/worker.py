@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ops.commands.common import console, default_bootstrap, fail
+from ops.commands.common import console, default_bootstrap, environment, fail
 
 Bootstrap = Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")]
 Rules = Annotated[Optional[Path], typer.Option("--rules", help="Rules file (YAML); defaults built in")]
@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
         topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
         """Run the stream processor (and the sink) in the foreground until Ctrl-C / SIGTERM."""
-        from streams.rules_config import ConfigError, load_rules
-        from streams.runner import run
+        from ops.worker import run
+        from schemas.errors import ConfigError
+        from streams.rules_config import load_rules
         from streams.settings import WorkerSettings
 
         if only not in (None, "processor", "sink"):
@@ -41,11 +42,12 @@ def register(app: typer.Typer) -> None:
         except ConfigError as err:
             fail(str(err))
         settings = WorkerSettings.from_env(
+            environment(),
             bootstrap=bootstrap or None, rules_path=rules, data_dir=data_dir, http_port=http_port,
             partitions=partitions, app_id=app_id, role=only or "all",
             processing_guarantee="exactly_once" if exactly_once else None,
         )
-        run(settings, topic_prefix)
+        run(settings, topic_prefix, environment().parent_pid)
 
     @budget.command("set")
     def budget_set(
@@ -67,7 +69,9 @@ def register(app: typer.Typer) -> None:
         topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
         """Publish a budget (or rule setting); running workers apply it without a restart."""
-        from streams.policies import PolicyError, build_policy, publish
+        from schemas.errors import PolicyError
+        from schemas.topics import Topics
+        from streams.policies import build_policy, publish
 
         try:
             policy = build_policy(
@@ -78,7 +82,7 @@ def register(app: typer.Typer) -> None:
         except PolicyError as err:
             fail(str(err))
         try:
-            asyncio.run(publish(bootstrap or default_bootstrap(), policy, topic_prefix))
+            asyncio.run(publish(bootstrap or default_bootstrap(), policy, Topics(topic_prefix), environment().kafka))
         except Exception as err:  # noqa: BLE001 - one line, no traceback
             fail(f"could not publish to {bootstrap or default_bootstrap()}: {err}", 1)
         console.print(f"published {policy.policy_id}", highlight=False)
@@ -93,15 +97,17 @@ def register(app: typer.Typer) -> None:
         """The effective budgets: the rules file with every published policy applied."""
         import json
 
+        from schemas.errors import ConfigError
+        from schemas.topics import Topics
         from streams.policies import effective_config, render_rows
-        from streams.rules_config import ConfigError, load_rules
+        from streams.rules_config import load_rules
 
         try:
             base = load_rules(rules)
         except ConfigError as err:
             fail(str(err))
         try:
-            config = asyncio.run(effective_config(bootstrap or default_bootstrap(), base, topic_prefix))
+            config = asyncio.run(effective_config(bootstrap or default_bootstrap(), base, Topics(topic_prefix), environment().kafka))
         except Exception as err:  # noqa: BLE001
             fail(f"could not read policies from {bootstrap or default_bootstrap()}: {err}", 1)
         rows = render_rows(config)

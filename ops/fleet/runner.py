@@ -20,6 +20,7 @@ import structlog
 
 from ops.fleet.calls import SimCall, task_calls
 from ops.fleet.profiles import AgentProfile
+from schemas.clock import system_ms
 from schemas.contract import ControlCommand
 from streams.client import BudgetClient, TaskKilled
 
@@ -56,10 +57,6 @@ class FleetStats:
 RECORDERS = {"openai": "record_openai", "anthropic": "record_anthropic", "google": "record_gemini"}
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class FleetRunner:
     def __init__(
         self,
@@ -70,7 +67,6 @@ class FleetRunner:
         spike_after_s: float | None = None,
         spill_root: Path | None = None,
         on_progress: Callable[[FleetStats], None] | None = None,
-        client_options: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.profiles = profiles
@@ -79,13 +75,12 @@ class FleetRunner:
         self.spike_after_s = spike_after_s
         self.spill_root = spill_root
         self.on_progress = on_progress
-        self.client_options = client_options
         self.stats = FleetStats()
 
     def _enforced(self, profile: AgentProfile) -> Callable[[ControlCommand], None]:
         def note(cmd: ControlCommand) -> None:
             self.stats.enforcements.append(
-                Enforcement(profile.agent_id, cmd.command, cmd.task_id, cmd.reason, cmd.decision_id, _wall_ms())
+                Enforcement(profile.agent_id, cmd.command, cmd.task_id, cmd.reason, cmd.decision_id, system_ms())
             )
             log.info("fleet.command", agent_id=profile.agent_id, command=cmd.command, task_id=cmd.task_id)
 
@@ -97,7 +92,6 @@ class FleetRunner:
         async with BudgetClient(
             self.bootstrap, profile.agent_id, user_id=profile.users[0], team=profile.team,
             criticality=profile.criticality, spill_dir=spill, on_command=self._enforced(profile),
-            client_options=self.client_options,
         ) as bw:
             record = getattr(bw, RECORDERS[profile.provider])
             interval = 1.0 / (profile.calls_per_second * self.rate_scale)
@@ -128,7 +122,7 @@ class FleetRunner:
         event = await record(
             call.usage, model=bw.model_for(call.model), prompt_hash=call.prompt_hash, tool=call.tool,
         )
-        self.stats.recorded_at_ms[event.event_id] = _wall_ms()
+        self.stats.recorded_at_ms[event.event_id] = system_ms()
         self.stats.sent[call.agent_id] += 1
         self.stats.tokens[call.agent_id] += event.total_tokens
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from ops.procs import kill_group, pid_alive, stop_group
+from sinks.procs import kill_group, pid_alive, stop_group
 
 KAFKA_VERSION = "4.1.1"
 MAIN_CLASS = "kafka.Kafka"

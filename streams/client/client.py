@@ -23,7 +23,6 @@ import contextvars
 import inspect
 import itertools
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from ops.kafka.settings import client_options_from_env
+from schemas.clock import Clock, system_ms
 from schemas.contract import ControlCommand, UsageEvent
 from schemas.normalize import CanonicalUsage, normalize
 from schemas.pricing import PriceCatalog
@@ -42,21 +41,19 @@ from streams.client.optimizer import TokenEstimator
 from streams.client.publisher import KafkaSender, Publisher, Sender
 from streams.client.spill import DEFAULT_MAX_BYTES, SpillQueue
 from streams.client.state import AgentState
-from streams.clock import Clock, system_ms
+from streams.kafka import KafkaSecurity
+from streams.settings import Environment
 
 log = structlog.get_logger(__name__)
 
-CONTROL_KEY_ENV = "BUDGETWARDEN_CONTROL_KEY"
-SPILL_DIR_ENV = "BUDGETWARDEN_SPILL_DIR"
 _KILLED_MEMORY = 1_000
 
 Callback = Callable[[ControlCommand], Awaitable[None] | None]
 _current_scope: contextvars.ContextVar[TaskScope | None] = contextvars.ContextVar("budgetwarden_task", default=None)
 
 
-def default_spill_dir(agent_id: str) -> Path:
-    """`$BUDGETWARDEN_SPILL_DIR/<agent>` or `./var/spill/<agent>`; use one directory per process."""
-    base = Path(os.environ.get(SPILL_DIR_ENV, "var/spill"))
+def default_spill_dir(base: Path, agent_id: str) -> Path:
+    """`<base>/<agent>` (base: `$BUDGETWARDEN_SPILL_DIR`, else `./var/spill`); use one directory per process."""
     return base / "".join(c if c.isalnum() or c in "-_." else "_" for c in agent_id)
 
 
@@ -146,8 +143,9 @@ class BudgetClient:
         sender: Sender | None = None,
         catalog: PriceCatalog | None = None,
         now_ms: Clock = system_ms,
-        client_options: dict[str, Any] | None = None,
+        kafka: KafkaSecurity | None = None,
     ) -> None:
+        """Unset `control_key`, `spill_dir` and `kafka` come from the environment (`streams.settings`)."""
         if pause_mode not in ("wait", "raise"):
             raise ValueError(f"pause_mode must be 'wait' or 'raise', got {pause_mode!r}")
         self.bootstrap = bootstrap
@@ -160,14 +158,15 @@ class BudgetClient:
         self.flush_timeout_s = flush_timeout_s
         self.estimator = TokenEstimator()
         self._now_ms = now_ms
-        options = client_options if client_options is not None else client_options_from_env()
-        key = control_key if control_key is not None else os.environ.get(CONTROL_KEY_ENV) or None
+        env = Environment.read()
+        options = (kafka or env.kafka).client_options()
+        key = control_key if control_key is not None else env.control_key
         self._control_key = key.encode() if isinstance(key, str) else key
         self._callbacks = {"kill_task": on_kill, "pause_agent": on_pause, "resume_agent": on_resume,
                            "downgrade_model": on_downgrade, "throttle": on_throttle}
         self._on_command = on_command
         self.state = AgentState(now_ms, catalog)
-        self.spill = SpillQueue(spill_dir or default_spill_dir(agent_id), max_bytes=spill_max_bytes)
+        self.spill = SpillQueue(spill_dir or default_spill_dir(env.spill_dir, agent_id), max_bytes=spill_max_bytes)
         self.publisher = Publisher(sender or KafkaSender(bootstrap, **options), self.spill, queue_size=queue_size)
         self._subscriber: ControlSubscriber | None = None
         if follow_control:
@@ -322,7 +321,7 @@ class BudgetClient:
             task_id = ""
         return UsageEvent(
             event_id=event_id or self.new_event_id(),
-            ts_ms=ts_ms or time.time_ns() // 1_000_000,
+            ts_ms=ts_ms or self._now_ms(),
             agent_id=self.agent_id,
             model=model,
             provider=provider,  # type: ignore[arg-type]
@@ -360,7 +359,7 @@ class BudgetClient:
         if not event.event_id:
             changes["event_id"] = self.new_event_id()
         if not event.ts_ms:
-            changes["ts_ms"] = time.time_ns() // 1_000_000
+            changes["ts_ms"] = self._now_ms()
         if scope is not None and not event.task_id:
             changes["task_id"] = scope.task_id
             if event.step is None:

@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 from aiokafka.partitioner import DefaultPartitioner
 
-from ops.kafka.topics import CONTROL
+from schemas.topics import CONTROL
 from schemas.codec import BadInput, decode_control
 from schemas.contract import ControlCommand
 from schemas.signing import verify
-from streams.clock import Clock, system_ms
+from schemas.clock import Clock, system_ms
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from ops.kafka.topics import USAGE
+from schemas.topics import USAGE
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
 from streams.client.spill import SpillQueue

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from schemas.contract import ControlCommand
 from schemas.pricing import PriceCatalog
-from streams.clock import Clock, system_ms
+from schemas.clock import Clock, system_ms
 
 
 def _live(until_ms: int | None, now: int) -> bool:

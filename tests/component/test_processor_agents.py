@@ -32,11 +32,10 @@ from faust.transport.producer import Producer
 from faust.types import EventT
 from faust.types.tuples import TP, FutureMessage, RecordMetadata
 
-from ops.kafka.topics import CONTROL, DEADLETTER, DECISIONS
 from schemas.codec import decode_control, decode_deadletter, decode_decision, encode, encode_batch
 from schemas.signing import verify
-from streams.app import ROLLUPS, Processor
-from streams.clock import FakeClock
+from streams.app import Processor
+from schemas.clock import FakeClock
 from streams.rules_config import RulesConfig, parse_rules
 from streams.settings import WorkerSettings
 from tests.unit.test_processor_engine import ev, tokens
@@ -142,15 +141,15 @@ async def test_repeated_prompt_kills_the_task_once_with_a_signed_command_before_
             await feed(proc, agent, [encode(ev(i, task_id="t1", step=i, prompt_hash="same")) for i in range(8)])
             await feed(proc, agent, [encode(ev(100, task_id="t2", step=0, prompt_hash="same"))])
         out = sent(proc)
-        control = [decode_control(s.value) for s in out.on(proc.names[CONTROL])]
-        decisions = [decode_decision(s.value) for s in out.on(proc.names[DECISIONS])]
+        control = [decode_control(s.value) for s in out.on(proc.topics.control)]
+        decisions = [decode_decision(s.value) for s in out.on(proc.topics.decisions)]
         assert [(c.command, c.agent_id, c.task_id) for c in control] == [("kill_task", "a", "t1")]
         assert [(d.rule, d.action, d.scope, d.task_id, d.trigger_event_id) for d in decisions] == [
             ("loop_detected", "kill_task", "task", "t1", "e4")]
         assert control[0].decision_id == decisions[0].decision_id and verify(control[0], KEY)
-        assert out.on(proc.names[CONTROL])[0].key == b"a"
-        first_control = out.sent.index(out.on(proc.names[CONTROL])[0])
-        assert first_control < out.sent.index(out.on(proc.names[DECISIONS])[0])  # the command stops the agent first
+        assert out.on(proc.topics.control)[0].key == b"a"
+        first_control = out.sent.index(out.on(proc.topics.control)[0])
+        assert first_control < out.sent.index(out.on(proc.topics.decisions)[0])  # the command stops the agent first
         assert proc.engine.agents["a"].tasks["t1"].killed and not proc.engine.agents["a"].tasks["t2"].killed
         assert {k: proc.stats[k] for k in ("events", "decisions", "commands")} == {"events": 9, "decisions": 1, "commands": 1}
         assert [d["decision_id"] for d in proc.live_status()["recent_decisions"]] == [decisions[0].decision_id]
@@ -162,13 +161,13 @@ async def test_malformed_messages_become_dead_letters_and_their_neighbours_count
     async with processor(tmp_path) as proc:
         async with proc.app.agents["usage"].test_context() as agent:
             await feed(proc, agent, [encode(ev(1)), bad_json, encode(ev(2)), bad_field, encode(ev(3))], key=b"k-a")
-        letters = [decode_deadletter(s.value) for s in sent(proc).on(proc.names[DEADLETTER])]
-        usage_topic = proc.names["usage.events"]
+        letters = [decode_deadletter(s.value) for s in sent(proc).on(proc.topics.deadletter)]
+        usage_topic = proc.topics.usage
         assert [(d.offset, d.field, d.topic, d.key) for d in letters] == [
             (1, "$", usage_topic, "k-a"), (3, "input_tokens", usage_topic, "k-a")]
         assert "JSON" in letters[0].reason and ">= 0" in letters[1].reason
         assert [base64.b64decode(d.raw) for d in letters] == [bad_json, bad_field]
-        assert [s.key for s in sent(proc).on(proc.names[DEADLETTER])] == [b"k-a", b"k-a"]
+        assert [s.key for s in sent(proc).on(proc.topics.deadletter)] == [b"k-a", b"k-a"]
         assert {k: proc.stats[k] for k in ("messages", "events", "dead_letters")} == {
             "messages": 5, "events": 3, "dead_letters": 2}
         assert day_tokens(proc) == 30 and global_tokens(proc) == 30
@@ -232,7 +231,7 @@ async def test_state_reaches_the_changelog_before_the_acks_and_a_restart_replays
         assert (second.stats["messages"], second.stats["events"], second.stats["duplicates"]) == (13, 1, 0)
         assert (day_tokens(second), global_tokens(second), second.engine.dims[(0, "user", "u")].counter.day_tokens) == (
             130, 130, 130)
-        assert sent(second).on(second.names[DECISIONS]) == [] and sent(second).on(second.names[CONTROL]) == []
+        assert sent(second).on(second.topics.decisions) == [] and sent(second).on(second.topics.control) == []
         assert second.engine.agents["a"].tasks["t"].killed
 
 
@@ -247,7 +246,7 @@ async def test_rollups_across_partitions_pause_noncritical_agents_only(tmp_path:
         assert proc.live_status()["dimensions"] == {}  # the usage agent alone runs no cross-partition budget
         await proc._flush_rollups()  # the body of the rollup timer, which the test does not start
         await sent(proc).drained()
-        rollups = sent(proc).on(proc.names[ROLLUPS])
+        rollups = sent(proc).on(proc.topics.rollups)
         assert [s.partition for s in rollups] == [0, 0]  # one per source partition, to the merger's one partition
 
         merger_log = proc.merger_table.changelog_topic.get_topic_name()
@@ -260,8 +259,8 @@ async def test_rollups_across_partitions_pause_noncritical_agents_only(tmp_path:
             for s in rollups:  # replayed snapshots are merged again (and rewritten) but decide nothing new
                 await agent.put(s.value, key=s.key)
             await until(lambda: len(sent(proc).on(merger_log)) > written)
-        decisions = [decode_decision(s.value) for s in sent(proc).on(proc.names[DECISIONS])]
-        commands = [decode_control(s.value) for s in sent(proc).on(proc.names[CONTROL])]
+        decisions = [decode_decision(s.value) for s in sent(proc).on(proc.topics.decisions)]
+        commands = [decode_control(s.value) for s in sent(proc).on(proc.topics.control)]
         assert [(d.rule, d.action, d.scope, d.observed, d.limit) for d in decisions] == [
             ("daily_budget_exceeded", "pause_noncritical", "global", 110, 100)]
         assert [(c.command, c.agent_id) for c in commands] == [

@@ -10,6 +10,7 @@ import pytest
 from schemas.contract import MAX_TOKENS, UsageEvent
 from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms
 from sinks import queries as q
+from sinks.waste import waste
 from sinks.chdb_store import ChdbStore
 from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, UsageColumns, event_money, usage_row
 from sinks.store import apply_schema
@@ -116,7 +117,7 @@ def test_model_drift(store: ChdbStore) -> None:
 
 
 def test_waste_report(store: ChdbStore) -> None:
-    w = q.waste(store, "day", now_ms=NOW, bloat_tokens=5000, task_limit=19_000, cache_min_tokens=1000)
+    w = waste(store, "day", now_ms=NOW, bloat_tokens=5000, task_limit=19_000, cache_min_tokens=1000)
     cats = {c["category"]: c for c in w["categories"]}
     # e7 on gpt-4o (6_000_000) would cost 2000*150 + 100*600 = 360_000 on gpt-4o-mini
     assert cats["model_overspending"]["nano_usd"] == 5_640_000

@@ -27,12 +27,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ops.fleet.calls import task_calls
 from ops.fleet.profiles import DEMO_FLEET, AgentProfile
-from ops.kafka.topics import DEADLETTER, DECISIONS, USAGE
+from schemas.topics import DEADLETTER, DECISIONS, USAGE
 from schemas.codec import decode_decision
 from schemas.contract import UsageEvent
 from schemas.normalize import normalize
 from schemas.pricing import PriceCatalog
-from streams.windows import DayCalendar
+from schemas.calendar import Calendar
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ def now_ms() -> int:
 
 
 def today_start(at_ms: int | None = None) -> int:
-    return DayCalendar("UTC").day_start(at_ms or now_ms())
+    return Calendar("UTC").day_start(at_ms or now_ms())
 
 
 # --- the seeded fleet ------------------------------------------------------------------------

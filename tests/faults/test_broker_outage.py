@@ -14,7 +14,7 @@ import pytest
 from ops.fleet.calls import task_calls
 from ops.fleet.profiles import DEMO_FLEET
 from ops.kafka.broker import KafkaBroker
-from ops.kafka.topics import create_topics
+from streams.kafka import ensure_topics
 from schemas.contract import UsageEvent
 from streams.client import BudgetClient
 from tests.faults.harness import Truth, WorkerProcess
@@ -44,7 +44,7 @@ async def test_broker_restart_mid_stream_clients_spill_and_replay_totals_exact(
     bootstrap = await asyncio.to_thread(broker.start)
     clients: list[BudgetClient] = []
     try:
-        await create_topics(bootstrap)
+        await ensure_topics(bootstrap)
         worker = await workers(bootstrap, "", app_id="fault-broker").start()
         for p in PROFILES:
             bw = BudgetClient(bootstrap, p.agent_id, team=p.team, spill_dir=tmp_path / "spill" / p.agent_id,

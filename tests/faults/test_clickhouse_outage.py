@@ -16,7 +16,8 @@ from schemas.codec import encode
 from sinks.chdb_store import ChdbStore
 from sinks.service import SinkService
 from sinks.store import StoreError
-from sinks.writer import SinkTopics, WriterConfig
+from schemas.topics import Topics
+from sinks.writer import WriterConfig
 from streams.settings import WorkerSettings
 from tests.faults.harness import (
     Truth, WorkerProcess, decisions_unique, fleet_events, prefix, processor_matches, produce, store_matches, until,
@@ -56,7 +57,7 @@ async def test_clickhouse_outage_pauses_the_writer_then_it_catches_up_exactly(
     store = OutageStore(ChdbStore(tmp_path_factory.getbasetemp() / "clickhouse", f"f_{uuid.uuid4().hex[:10]}"))
     sink = SinkService(
         WorkerSettings(bootstrap=kafka_bootstrap, data_dir=tmp_path / "sink", http_port=0), store=store,  # type: ignore[arg-type]
-        sink_topics=SinkTopics(*(topics + name for name in SinkTopics().all())), group_id=f"{topics}sink",
+        topics=Topics(topics), group_id=f"{topics}sink",
         writer_config=WriterConfig(batch_rows=200, flush_ms=100, backoff_initial_ms=50, backoff_max_ms=400),
     )
     await sink.start()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.codec import BadInput, UsageDecoder
 from schemas.contract import MAX_NAME_LEN, UsageEvent
-from streams.clock import FakeClock
+from schemas.clock import FakeClock
 
 NOW = 1_767_225_600_000
 VALID = {"type": "usage", "event_id": "e", "ts_ms": NOW, "agent_id": "a", "model": "gpt-4o", "input_tokens": 1}

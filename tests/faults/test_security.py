@@ -12,7 +12,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from ops.kafka.topics import CONTROL
+from schemas.topics import CONTROL
 from schemas.codec import decode_control, encode
 from schemas.contract import ControlCommand, UsageEvent
 from schemas.signing import sign

@@ -15,7 +15,7 @@ import pytest
 
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
-from ops.procs import pid_alive
+from sinks.procs import pid_alive
 from tests.faults.harness import Truth, WorkerProcess, fleet_events, prefix, produce, until
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from ops.kafka.broker import KafkaBroker
-from ops.kafka.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE
+from schemas.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE
 from schemas.codec import UsageDecoder, encode, encode_batch
 from schemas.contract import UsageEvent
 

@@ -10,7 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ops.kafka.broker import KafkaBroker
-from ops.kafka.topics import CONTROL, USAGE, create_topics
+from schemas.topics import CONTROL, USAGE
+from streams.kafka import ensure_topics
 from schemas.codec import UsageDecoder, encode
 from schemas.contract import ControlCommand
 from schemas.signing import sign
@@ -135,7 +136,7 @@ async def test_broker_stopped_mid_run_every_event_arrives_exactly_once_after_ded
     broker = KafkaBroker(tmp_path / "kafka")
     bootstrap = await asyncio.to_thread(broker.start)
     try:
-        await create_topics(bootstrap)
+        await ensure_topics(bootstrap)
         agent = _agent()
         recorded: list[str] = []
         async with BudgetClient(bootstrap, agent, spill_dir=tmp_path / "spill", flush_timeout_s=30) as bw:

@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
@@ -20,7 +19,9 @@ from sinks.chdb_store import ChdbStore
 from sinks.rows import UsageColumns
 from sinks.service import SinkService
 from sinks.store import StoreError, StoreRunner, apply_schema
-from sinks.writer import SinkTopics, SinkWriter, WriterConfig
+from schemas.topics import Topics
+from sinks.writer import SinkWriter, WriterConfig
+from streams.kafka import ensure_topics
 from streams.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
@@ -71,15 +72,9 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "clickhouse"  # one chDB path per process
 
 
-async def make_topics(bootstrap: str) -> SinkTopics:
-    tag = uuid.uuid4().hex[:8]
-    topics = SinkTopics(*(f"{name}.{tag}" for name in ("usage", "decisions", "control", "policies", "deadletter")))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, 2, 1) for t in topics.all()])
-    finally:
-        await admin.close()
+async def make_topics(bootstrap: str) -> Topics:
+    topics = Topics(f"{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(bootstrap, topics, partitions=2)
     return topics
 
 
@@ -125,13 +120,13 @@ async def test_duplicates_and_replays_yield_exactly_n_rows(kafka_bootstrap: str,
         await producer.send(topics.usage, encode(e), key=e.agent_id.encode())
     await producer.send_and_wait(topics.usage, encode_batch(evs[:100]))  # and again inside a batch envelope
     runner = StoreRunner(store)
-    writer = SinkWriter(runner, kafka_bootstrap, sink_topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
+    writer = SinkWriter(runner, kafka_bootstrap, topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
     await writer.start()
     await until(lambda: writer.stats.rows_written >= n and writer.stats.duplicates_dropped >= n + 100)
     await writer.stop()
     assert writer.stats.rows_written == n  # the recent-id filter dropped every in-run duplicate
     # a replay from the start by a fresh writer (new group, empty recent-id set)
-    replay = SinkWriter(runner, kafka_bootstrap, sink_topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
+    replay = SinkWriter(runner, kafka_bootstrap, topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
     await replay.start()
     await until(lambda: replay.stats.rows_written >= n)
     await replay.stop()
@@ -149,7 +144,7 @@ async def test_clickhouse_outage_pauses_and_loses_nothing(kafka_bootstrap: str, 
     store.failing = True
     runner = StoreRunner(store)  # type: ignore[arg-type]
     group = f"g-{uuid.uuid4().hex}"
-    writer = SinkWriter(runner, kafka_bootstrap, sink_topics=topics, group_id=group, config=FAST)
+    writer = SinkWriter(runner, kafka_bootstrap, topics=topics, group_id=group, config=FAST)
     await writer.start()
     n = 400
     for e in events(n, "out"):
@@ -181,7 +176,7 @@ async def test_rejected_rows_reach_dead_letters(kafka_bootstrap: str, producer: 
     await producer.send(topics.usage, b'{"type":"usage","event_id":"neg","ts_ms":1767225600000,"agent_id":"a","model":"m","input_tokens":-5}')
     await producer.flush()
     runner = StoreRunner(store)
-    writer = SinkWriter(runner, kafka_bootstrap, sink_topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
+    writer = SinkWriter(runner, kafka_bootstrap, topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
     await writer.start()
     await until(lambda: writer.stats.rows_written >= 20 + 3)
     await writer.stop()
@@ -200,7 +195,7 @@ async def test_service_http_api_and_read_only_sql(kafka_bootstrap: str, producer
     topics = await make_topics(kafka_bootstrap)
     store = new_store(tmp_path_factory)
     settings = WorkerSettings(bootstrap=kafka_bootstrap, data_dir=tmp_path, http_port=0)
-    service = SinkService(settings, store=store, sink_topics=topics, writer_config=FAST, group_id=f"g-{uuid.uuid4().hex}")
+    service = SinkService(settings, store=store, topics=topics, writer_config=FAST, group_id=f"g-{uuid.uuid4().hex}")
     await service.start()
     try:
         assert settings.worker_file.exists()

@@ -11,11 +11,12 @@ from structlog.testing import capture_logs
 from schemas.codec import encode
 from schemas.contract import ControlCommand
 from schemas.signing import sign
+from streams.kafka import KafkaSecurity
 from streams.client import AgentPaused, BudgetClient, TaskKilled
 from streams.client.control import ControlGate, ControlSubscriber, control_partition
 from streams.client.state import AgentState
 from streams.client.testing import FakeSender
-from streams.clock import FakeClock
+from schemas.clock import FakeClock
 
 KEY = b"test-control-key"
 
@@ -71,7 +72,7 @@ def test_control_partition_matches_the_producers_default_partitioner() -> None:
 
 def _client(tmp_path: Path, **kw: object) -> BudgetClient:
     return BudgetClient("unused:9092", "bot", follow_control=False, spill_dir=tmp_path, sender=FakeSender(),
-                        client_options={}, **kw)  # type: ignore[arg-type]
+                        kafka=KafkaSecurity(), **kw)  # type: ignore[arg-type]
 
 
 async def test_kill_cancels_the_running_task_at_its_next_await(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from schemas.contract import UsageEvent
+from streams.kafka import KafkaSecurity
 from streams.client import BudgetClient
 from streams.client.spill import SpillQueue
 from streams.client.testing import FakeSender
@@ -13,7 +14,7 @@ from streams.client.testing import FakeSender
 
 def _client(tmp_path: Path, **kw: object) -> BudgetClient:
     return BudgetClient("unused:9092", "support-bot", user_id="u-42", team="cx", follow_control=False,
-                        spill_dir=tmp_path / "spill", sender=FakeSender(), client_options={}, **kw)  # type: ignore[arg-type]
+                        spill_dir=tmp_path / "spill", sender=FakeSender(), kafka=KafkaSecurity(), **kw)  # type: ignore[arg-type]
 
 
 async def test_record_openai_chat_usage_with_cached_tokens_lands_in_canonical_buckets(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ import asyncio
 from pathlib import Path
 
 from schemas.contract import UsageEvent
+from streams.kafka import KafkaSecurity
 from streams.client import BudgetClient
 from streams.client.spill import SpillQueue
 from streams.client.testing import FakeSender
@@ -14,7 +15,7 @@ USAGE = {"prompt_tokens": 10, "completion_tokens": 2}
 
 def _client(tmp_path: Path, sender: FakeSender, **kw: object) -> BudgetClient:
     bw = BudgetClient("unused:9092", "spill-bot", follow_control=False, spill_dir=tmp_path / "spill",
-                      sender=sender, client_options={}, **kw)  # type: ignore[arg-type]
+                      sender=sender, kafka=KafkaSecurity(), **kw)  # type: ignore[arg-type]
     bw.publisher._retry_s = 0.05  # reconnect attempts fast in tests
     return bw
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.contract import ControlCommand
+from streams.kafka import KafkaSecurity
 from streams.client import AgentPaused, SyncBudgetClient, TaskKilled
 from streams.client.testing import FakeSender
 
@@ -21,7 +22,7 @@ def _cmd(command: str, **kw: object) -> ControlCommand:
 
 def _sync(tmp_path: Path, sender: FakeSender, **kw: object) -> SyncBudgetClient:
     return SyncBudgetClient(bootstrap="unused:9092", agent_id="sync-bot", follow_control=False, spill_dir=tmp_path,
-                            sender=sender, client_options={}, **kw)
+                            sender=sender, kafka=KafkaSecurity(), **kw)
 
 
 def test_sync_records_are_published_with_task_and_steps(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from schemas.contract import (
     Policy,
     UsageEvent,
 )
-from streams.clock import FakeClock
+from schemas.clock import FakeClock
 
 NOW = 1_767_225_600_000
 

@@ -5,7 +5,7 @@ import base64
 
 from schemas.codec import decode_deadletter, encode, encode_batch
 from schemas.contract import UsageEvent
-from streams.clock import FakeClock
+from schemas.clock import FakeClock
 from streams.engine import Engine, RawMessage
 from streams.merger import Merger
 from streams.rules_config import parse_rules

@@ -7,7 +7,7 @@ from typing import Any
 from schemas.codec import encode
 from schemas.contract import Decision, UsageEvent
 from schemas.signing import verify
-from streams.clock import FakeClock
+from schemas.clock import FakeClock
 from streams.engine import Engine, EngineOutput, RawMessage
 from streams.merger import Merger
 from streams.rules import decision_id

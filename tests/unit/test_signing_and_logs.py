@@ -5,8 +5,9 @@ import msgspec
 import structlog
 from structlog.testing import capture_logs
 
-from ops.kafka.settings import client_options_from_env, describe
-from ops.logsetup import MASK, redact_secrets
+from streams.kafka import KafkaSecurity, describe
+from streams.settings import Environment
+from schemas.redact import MASK, redact_secrets
 from schemas.contract import ControlCommand
 from schemas.signing import canonical_body, sign, verify
 
@@ -49,19 +50,17 @@ def test_secrets_are_masked_in_structured_logs() -> None:
 def test_kafka_security_settings_come_from_env_and_describe_hides_password() -> None:
     env = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN",
            "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret"}
-    options = client_options_from_env(env)
+    options = Environment.read(env).kafka.client_options()
     assert options == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
                        "sasl_plain_username": "svc", "sasl_plain_password": "s3cret"}
     assert "s3cret" not in repr(describe(options))
-    assert client_options_from_env({}) == {}
+    assert Environment.read({}).kafka.client_options() == {}
 
 
 def test_faust_gets_the_same_sasl_settings() -> None:
-    from ops.kafka.settings import faust_credentials
-
-    creds = faust_credentials(client_options_from_env({
+    creds = Environment.read({
         "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
-        "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret"}))
+        "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret"}).kafka.faust_credentials()
     assert (creds.username, creds.password, creds.mechanism.value) == ("svc", "s3cret", "SCRAM-SHA-256")
     assert "s3cret" not in repr(creds)
-    assert faust_credentials({}) is None
+    assert KafkaSecurity().faust_credentials() is None

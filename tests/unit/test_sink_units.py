@@ -10,7 +10,7 @@ import pytest
 from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog, date_to_ms
 from sinks.batch import RecentIds
-from sinks.periods import window
+from schemas.calendar import window
 from sinks.rows import USAGE_COLUMNS, UsageColumns, usage_row
 from sinks.server_store import ServerStore
 from sinks.sqlguard import RefusedSQL, check_read_only

@@ -4,7 +4,8 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from streams.windows import HOUR_MS, MINUTE_MS, Counter, DayCalendar, merged_day
+from schemas.calendar import HOUR_MS, MINUTE_MS, Calendar
+from streams.windows import Counter, merged_day
 
 UTC_MIDNIGHT = 1_767_225_600_000  # 2026-01-01T00:00Z
 
@@ -14,7 +15,7 @@ def ms(text: str, tz: str = "UTC") -> int:
 
 
 def test_utc_day_bounds_and_rollover_at_midnight() -> None:
-    cal = DayCalendar("UTC")
+    cal = Calendar("UTC")
     c = Counter()
     c.add(UTC_MIDNIGHT - 1, 100, 5, cal)
     assert c.day_start == UTC_MIDNIGHT - 86_400_000 and c.day_tokens == 100
@@ -25,7 +26,7 @@ def test_utc_day_bounds_and_rollover_at_midnight() -> None:
 
 
 def test_non_utc_day_boundary_is_local_midnight() -> None:
-    cal = DayCalendar("America/New_York")
+    cal = Calendar("America/New_York")
     c = Counter()
     c.add(ms("2026-03-02T23:59:59", "America/New_York"), 10, 0, cal)
     c.add(ms("2026-03-03T00:00:00", "America/New_York"), 3, 0, cal)
@@ -36,12 +37,12 @@ def test_non_utc_day_boundary_is_local_midnight() -> None:
 
 
 def test_dst_day_is_23_hours_long() -> None:
-    start, end = DayCalendar("America/New_York").bounds(ms("2026-03-08T12:00:00", "America/New_York"))
+    start, end = Calendar("America/New_York").day_bounds(ms("2026-03-08T12:00:00", "America/New_York"))
     assert end - start == 23 * HOUR_MS
 
 
 def test_late_event_of_previous_day_counts_in_its_hour_not_today() -> None:
-    cal = DayCalendar("UTC")
+    cal = Calendar("UTC")
     c = Counter()
     c.add(UTC_MIDNIGHT + 10, 5, 0, cal)
     c.add(UTC_MIDNIGHT - 10, 9, 0, cal)
@@ -50,7 +51,7 @@ def test_late_event_of_previous_day_counts_in_its_hour_not_today() -> None:
 
 
 def test_last_hour_slides_across_the_hour_boundary() -> None:
-    cal = DayCalendar("UTC")
+    cal = Calendar("UTC")
     c = Counter()
     t0 = UTC_MIDNIGHT + 10 * HOUR_MS
     c.add(t0 - 30 * MINUTE_MS, 100, 0, cal)  # 09:30
@@ -61,7 +62,7 @@ def test_last_hour_slides_across_the_hour_boundary() -> None:
 
 
 def test_old_buckets_are_pruned() -> None:
-    cal = DayCalendar("UTC")
+    cal = Calendar("UTC")
     c = Counter()
     c.add(UTC_MIDNIGHT, 1, 0, cal)
     c.add(UTC_MIDNIGHT + 3 * HOUR_MS, 1, 0, cal)
@@ -72,7 +73,7 @@ def test_old_buckets_are_pruned() -> None:
 
 
 def test_hour_baseline_needs_three_prior_hours() -> None:
-    cal = DayCalendar("UTC")
+    cal = Calendar("UTC")
     c = Counter()
     for h in range(2):
         c.add(UTC_MIDNIGHT + h * HOUR_MS, 100, 0, cal)
@@ -82,7 +83,7 @@ def test_hour_baseline_needs_three_prior_hours() -> None:
 
 
 def test_merged_day_sums_only_the_newest_day() -> None:
-    cal = DayCalendar("UTC")
+    cal = Calendar("UTC")
     a, b, old = Counter(), Counter(), Counter()
     a.add(UTC_MIDNIGHT + 1, 10, 1, cal)
     b.add(UTC_MIDNIGHT + 2, 20, 2, cal)

@@ -26,13 +26,13 @@ import mode
 import structlog
 from mode import Service
 
-from ops.kafka.settings import client_options_from_env
-from streams.app import Processor, ensure_topics
-from streams.settings import WorkerSettings
+from schemas.topics import Topics
+from streams.app import Processor
+from streams.kafka import ensure_topics
+from streams.settings import PARENT_PID_VAR, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
-PARENT_ENV = "BUDGETWARDEN_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -50,12 +50,10 @@ class SinkHost(Service):
         self.sink: Any = None
 
     async def on_start(self) -> None:
-        from sinks.service import SinkService, freeze_startup_heap
-        from sinks.writer import SinkTopics
+        from sinks.service import SinkService, freeze_startup_heap  # not in the processor's process
 
         # the sink follows the processor's topics, in a consumer group of its own per app id
-        topics = SinkTopics(*(self.topic_prefix + name for name in SinkTopics().all()))
-        self.sink = SinkService(self.settings, live_status=self.live_status, sink_topics=topics,
+        self.sink = SinkService(self.settings, live_status=self.live_status, topics=Topics(self.topic_prefix),
                                 group_id=f"{self.settings.app_id}-sink")
         await self.sink.start()
         freeze_startup_heap()
@@ -97,7 +95,7 @@ class SinkProcess(Service):
 
     def _spawn(self) -> None:
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                     env={**os.environ, PARENT_ENV: str(os.getpid())})
+                                     env={**os.environ, PARENT_PID_VAR: str(os.getpid())})
         log.info("sink.spawned", pid=self.proc.pid, restarts=self.restarts)
 
     async def on_start(self) -> None:
@@ -131,23 +129,22 @@ class SinkProcess(Service):
         log.info("sink.stopped", code=proc.returncode)
 
 
-def die_with_parent() -> None:
-    """In a sink started by a worker: SIGTERM when the worker dies, even by `kill -9`."""
-    parent = os.environ.get(PARENT_ENV)
+def die_with_parent(parent: int | None) -> None:
+    """In a sink started by a worker (`parent` is its pid): SIGTERM when the worker dies, even by `kill -9`."""
     if not parent:
         return
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # it died before prctl took effect
+    if os.getppid() != parent:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run(settings: WorkerSettings, topic_prefix: str = "") -> None:
+def run(settings: WorkerSettings, topic_prefix: str = "", parent_pid: int | None = None) -> None:
     """Blocks until SIGINT/SIGTERM; the (Faust or mode) worker handles the signals and a clean stop.
 
     A sink alone runs under a plain `mode.Worker`: a Faust app, even without agents, would join
     the processors' consumer group and take partitions of `usage.events` nobody processes."""
-    die_with_parent()
-    asyncio.run(ensure_topics(settings.bootstrap, settings.partitions, topic_prefix, **client_options_from_env()))
+    die_with_parent(parent_pid)
+    asyncio.run(ensure_topics(settings.bootstrap, Topics(topic_prefix), settings.partitions, settings.kafka))
     log.info("worker.starting", **settings.describe())
     options: dict[str, Any] = {"loglevel": logging.WARNING, "quiet": True, "redirect_stdouts": False,
                                "loop": asyncio.new_event_loop()}

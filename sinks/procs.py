@@ -1,4 +1,4 @@
-"""Background processes we start (broker, worker): liveness and process-group signals."""
+"""Processes: liveness and process-group signals (the local stack, the worker, and the CLI finding the store owner)."""
 from __future__ import annotations
 
 import os

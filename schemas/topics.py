@@ -1,0 +1,74 @@
+"""The project's topics: names, partitioning and config, in one list everything derives from.
+
+Topic names are contract: agents in any language produce to `usage.events` and read
+`agent.control`. A `Topics` carries an optional prefix so tests and benchmarks can run
+side by side on one broker; production uses no prefix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+USAGE = "usage.events"
+DECISIONS = "budget.decisions"
+CONTROL = "agent.control"
+POLICIES = "budget.policies"
+DEADLETTER = "usage.deadletter"
+ROLLUPS = "budget.rollups"  # internal: per-partition snapshots for the cross-partition merger
+
+DEFAULT_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic's full name under one prefix."""
+
+    prefix: str = ""
+
+    @property
+    def usage(self) -> str:
+        return self.prefix + USAGE
+
+    @property
+    def decisions(self) -> str:
+        return self.prefix + DECISIONS
+
+    @property
+    def control(self) -> str:
+        return self.prefix + CONTROL
+
+    @property
+    def policies(self) -> str:
+        return self.prefix + POLICIES
+
+    @property
+    def deadletter(self) -> str:
+        return self.prefix + DEADLETTER
+
+    @property
+    def rollups(self) -> str:
+        return self.prefix + ROLLUPS
+
+    def sink(self) -> list[str]:
+        """What the sink stores in ClickHouse (every topic but the internal rollups)."""
+        return [self.usage, self.decisions, self.control, self.policies, self.deadletter]
+
+    def specs(self, partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
+        """Usage and control share a partition count so one agent's traffic stays on one partition;
+        policies are compacted (the latest per key is the current setting); the merger reads one
+        partition of rollups."""
+        compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+        return [
+            TopicSpec(self.usage, partitions),
+            TopicSpec(self.decisions, partitions),
+            TopicSpec(self.control, partitions),
+            TopicSpec(self.policies, 1, compacted),
+            TopicSpec(self.deadletter, partitions),
+            TopicSpec(self.rollups, 1),
+        ]
