@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from schemas.errors import BudgetwardenError
 from ops.kafka.broker import KafkaBroker, Progress
 from streams.kafka import ensure_topics
 from sinks.http_json import ApiError, get_json
@@ -24,8 +25,8 @@ from sinks.procs import pid_alive, stop_group
 log = structlog.get_logger(__name__)
 
 
-class StackError(RuntimeError):
-    pass
+class StackError(BudgetwardenError, RuntimeError):
+    """The local stack could not be brought up or down; the message says what to look at."""
 
 
 @dataclass

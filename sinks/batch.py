@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.errors import BudgetwardenError
 from sinks.rows import TABLE_COLUMNS, UsageColumns, rejected
 from sinks.store import Store, StoreError
 
@@ -18,7 +19,7 @@ Source = tuple[str, int, int, str]  # topic, partition, offset, event_id
 _json = msgspec.json.Encoder()
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(BudgetwardenError, RuntimeError):
     """ClickHouse did not answer a health probe: keep the batch, back off, retry later."""
 
 

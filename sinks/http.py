@@ -14,6 +14,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from schemas.errors import InputError
 from sinks import dashboard_queries as dq
 from sinks import queries as q
 from sinks.waste import waste
@@ -37,14 +38,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(data), status=status, content_type="application/json")
 
 
-class BadRequest(ValueError):
-    pass
+class BadRequest(InputError):
+    """A query parameter out of range; `field` names it."""
 
 
 def _period(request: web.Request, default: str) -> str:
     period = request.query.get("period", default)
     if period not in PERIODS:
-        raise BadRequest(f"period: must be one of {', '.join(PERIODS)}")
+        raise BadRequest("period", f"must be one of {', '.join(PERIODS)}")
     return period
 
 
@@ -53,7 +54,7 @@ def _int(request: web.Request, name: str, default: int, lo: int = 1, hi: int = 1
     if raw is None:
         return default
     if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise BadRequest(f"{name}: must be an integer in [{lo}, {hi}]")
+        raise BadRequest(name, f"must be an integer in [{lo}, {hi}]")
     return int(raw)
 
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import re
 
+from schemas.errors import InputError
+
 ALLOWED = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS")
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 
-class RefusedSQL(ValueError):
-    pass
+class RefusedSQL(InputError):
+    """A statement the read-only endpoint does not run; `field` is "sql"."""
 
 
 def check_read_only(sql: str) -> str:
@@ -21,11 +23,11 @@ def check_read_only(sql: str) -> str:
     while text.endswith(";"):
         text = text[:-1].rstrip()
     if not text:
-        raise RefusedSQL("empty query")
+        raise RefusedSQL("sql", "empty query")
     if ";" in text:
-        raise RefusedSQL("only one statement is allowed")
+        raise RefusedSQL("sql", "only one statement is allowed")
     head = _COMMENTS.sub(" ", text).lstrip().split(None, 1)
     keyword = head[0].upper().rstrip("(") if head else ""
     if keyword not in ALLOWED:
-        raise RefusedSQL(f"read-only endpoint: {keyword or 'this statement'} is refused (SELECT, WITH, SHOW, DESCRIBE only)")
+        raise RefusedSQL("sql", f"read-only endpoint: {keyword or 'this statement'} is refused (SELECT, WITH, SHOW, DESCRIBE only)")
     return text

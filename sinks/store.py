@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from schemas.errors import BudgetwardenError
 from sinks.sqlfiles import sql_text
 from streams.settings import WorkerSettings
 
@@ -22,7 +23,7 @@ T = TypeVar("T")
 DEFAULT_DATABASE = "budgetwarden"
 
 
-class StoreError(RuntimeError):
+class StoreError(BudgetwardenError, RuntimeError):
     """ClickHouse refused or could not run a statement; the message is ClickHouse's."""
 
 

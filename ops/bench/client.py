@@ -21,6 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from schemas.clock import system_ms
 from ops.kafka.broker import KafkaBroker
 from schemas.topics import CONTROL
 from streams.kafka import ensure_topics
@@ -100,7 +101,7 @@ async def _kill_latencies(bw: BudgetClient, bootstrap: str, kills: int) -> list[
             runner = asyncio.create_task(agent())
             await started.wait()
             cmd = ControlCommand(command="kill_task", agent_id=bw.agent_id, task_id=task_id, reason="bench",
-                                 decision_id=f"bench-{uuid.uuid4().hex}", ts_ms=time.time_ns() // 1_000_000)
+                                 decision_id=f"bench-{uuid.uuid4().hex}", ts_ms=system_ms())
             t0 = time.perf_counter()
             await producer.send_and_wait(CONTROL, encode(cmd), key=bw.agent_id.encode())
             out.append((await asyncio.wait_for(runner, 10) - t0) * 1000)

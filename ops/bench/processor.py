@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas.clock import system_ms
 from schemas.codec import encode, encode_batch
 from schemas.contract import UsageEvent
 from schemas.topics import Topics
@@ -43,7 +44,7 @@ def make_event(i: int, run: str, ts_ms: int, **kw: Any) -> UsageEvent:
 async def fill(bootstrap: str, topic: str, events: int, batch: int) -> None:
     """Put `events` usage events on `topic`, one per message or `batch` per envelope."""
     run = uuid.uuid4().hex[:8]
-    now = time.time_ns() // 1_000_000
+    now = system_ms()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20)
     await producer.start()
     try:
@@ -193,7 +194,7 @@ async def _latency(bootstrap: str, prefix: str, rate: int, seconds: float) -> li
         for i in range(total):
             task = i // 5
             looping = task % 10 == 0
-            ev = make_event(i, run, time.time_ns() // 1_000_000)
+            ev = make_event(i, run, system_ms())
             if looping:
                 ev = UsageEvent(**{**{f: getattr(ev, f) for f in ev.__struct_fields__}, "task_id": f"loop-{run}-{task}",
                                    "prompt_hash": "same", "step": i % 5, "agent_id": f"agent-{task % AGENTS}"})

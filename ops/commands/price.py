@@ -6,7 +6,6 @@ reported the same way: one `error: <field>: <reason>` line on stderr and exit co
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from schemas.clock import system_ms
 from schemas.litellm_import import catalog_dict, import_litellm, write_catalog
 from schemas.money import format_usd
 from schemas.normalize import CanonicalUsage, NormalizeError, normalize
@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         }
         ts_ms = _date_ms("at", at)
         if ts_ms is None:
-            ts_ms = time.time_ns() // 1_000_000
+            ts_ms = system_ms()
         if usage_json is not None:
             if not provider:
                 _fail("provider", "required with --usage-json")
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
         valid_from: Annotated[str | None, typer.Option("--valid-from", help="valid_from for every entry (YYYY-MM-DD); default today, UTC.")] = None,
     ) -> None:
         """Convert LiteLLM's price file (USD per token floats) into our exact catalog format."""
-        day = valid_from if valid_from is not None else ms_to_date(time.time_ns() // 1_000_000)
+        day = valid_from if valid_from is not None else ms_to_date(system_ms())
         _date_ms("valid-from", day)
         try:
             data = msgspec.json.decode(file.read_bytes())

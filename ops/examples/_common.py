@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
+
+from streams.settings import Environment
 
 TICKETS = [
     "My invoice for March shows a duplicate charge of $49.",
@@ -17,7 +18,7 @@ TICKETS = [
 
 def parse_args(agent_id: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="An example agent instrumented with budgetwarden (fake LLM).")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092"))
+    parser.add_argument("--bootstrap", default=Environment.read().bootstrap)
     parser.add_argument("--agent-id", default=agent_id)
     parser.add_argument("--user-id", default="u-42")
     parser.add_argument("--tickets", type=int, default=5, help="tasks to run")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from schemas.errors import BudgetwardenError
+from streams.settings import Environment
 from sinks.procs import kill_group, pid_alive, stop_group
 
 KAFKA_VERSION = "4.1.1"
@@ -36,7 +37,7 @@ log = structlog.get_logger(__name__)
 Progress = Callable[[str], None]
 
 
-class BrokerError(RuntimeError):
+class BrokerError(BudgetwardenError, RuntimeError):
     """The broker could not be fetched, started or stopped; the message says what to look at."""
 
 
@@ -46,7 +47,7 @@ def project_root() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BUDGETWARDEN_CACHE", project_root() / ".cache"))
+    return Environment.read().cache_dir or project_root() / ".cache"
 
 
 def libs_dir(version: str = KAFKA_VERSION) -> Path:
@@ -191,7 +192,7 @@ class KafkaBroker:
             )
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting KRaft storage failed: {fmt.stdout}{fmt.stderr}")
-        heap = os.environ.get("KAFKA_HEAP_OPTS", DEFAULT_HEAP).split()
+        heap = (Environment.read().kafka_heap_opts or DEFAULT_HEAP).split()
         cmd = [
             "java", *heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",

@@ -1,8 +1,10 @@
 """What the client raises into agent code."""
 from __future__ import annotations
 
+from schemas.errors import BudgetwardenError
 
-class TaskKilled(Exception):
+
+class TaskKilled(BudgetwardenError):
     """The processor ordered this task killed (`kill_task`); the task must stop."""
 
     def __init__(self, task_id: str, reason: str = "", decision_id: str = "") -> None:
@@ -12,7 +14,7 @@ class TaskKilled(Exception):
         self.decision_id = decision_id
 
 
-class AgentPaused(Exception):
+class AgentPaused(BudgetwardenError):
     """The agent is paused (`pause_agent`) and the client was built with `pause_mode="raise"`."""
 
     def __init__(self, agent_id: str, reason: str = "", until_ms: int | None = None) -> None:

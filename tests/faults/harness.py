@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ops.fleet.calls import task_calls
 from ops.fleet.profiles import DEMO_FLEET, AgentProfile
+from schemas.clock import system_ms as now_ms
 from schemas.topics import DEADLETTER, DECISIONS, USAGE
 from schemas.codec import decode_decision
 from schemas.contract import UsageEvent
@@ -45,10 +46,6 @@ rules:
   loop_detected: {repeats: 5, within_steps: 20}
 """
 WIRE_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "google": "google"}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def today_start(at_ms: int | None = None) -> int:

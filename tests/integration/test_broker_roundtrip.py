@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from schemas.clock import system_ms
 from ops.kafka.broker import KafkaBroker
 from schemas.topics import CONTROL, DEADLETTER, DECISIONS, POLICIES, USAGE
 from schemas.codec import UsageDecoder, encode, encode_batch
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def _event(i: int, agent: str) -> UsageEvent:
     return UsageEvent(
-        event_id=f"rt-{uuid.uuid4().hex}-{i}", ts_ms=time.time_ns() // 1_000_000, agent_id=agent,
+        event_id=f"rt-{uuid.uuid4().hex}-{i}", ts_ms=system_ms(), agent_id=agent,
         model="gpt-4o", provider="openai", input_tokens=100 + i, output_tokens=7, cache_read_tokens=3,
     )
 

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ops.kafka.broker import KafkaBroker
+from schemas.clock import system_ms as _now_ms
 from schemas.topics import CONTROL, USAGE
 from streams.kafka import ensure_topics
 from schemas.codec import UsageDecoder, encode
@@ -25,10 +26,6 @@ KEY = b"integration-control-key"
 
 def _agent() -> str:
     return f"it-agent-{uuid.uuid4().hex[:8]}"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _cmd(command: str, agent: str, task_id: str = "", **kw: object) -> ControlCommand:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas.clock import system_ms
 from schemas.codec import decode_control, decode_deadletter, decode_decision, encode, encode_batch
 from schemas.contract import UsageEvent
 
@@ -83,7 +84,7 @@ def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def event(agent: str, **kw: Any) -> UsageEvent:
-    fields: dict[str, Any] = {"event_id": uuid.uuid4().hex, "ts_ms": time.time_ns() // 1_000_000, "agent_id": agent,
+    fields: dict[str, Any] = {"event_id": uuid.uuid4().hex, "ts_ms": system_ms(), "agent_id": agent,
                               "model": "gpt-4o", "provider": "openai", "input_tokens": 10, **kw}
     return UsageEvent(**fields)
 

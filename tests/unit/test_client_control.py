@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from schemas.clock import system_ms
 from schemas.codec import encode
 from schemas.contract import ControlCommand
 from schemas.signing import sign
@@ -143,7 +144,7 @@ async def test_pause_waits_until_resume_or_raises_in_raise_mode(tmp_path: Path) 
 
 async def test_pause_ends_at_its_expiry(tmp_path: Path) -> None:
     bw = _client(tmp_path)
-    bw.handle_command(_cmd("pause_agent", decision_id="p3", expires_ms=time.time_ns() // 1_000_000 + 100))
+    bw.handle_command(_cmd("pause_agent", decision_id="p3", expires_ms=system_ms() + 100))
     start = time.monotonic()
     async with bw.task("t"):
         pass

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from schemas.clock import system_ms
 from schemas.contract import ControlCommand
 from streams.kafka import KafkaSecurity
 from streams.client import AgentPaused, SyncBudgetClient, TaskKilled
@@ -17,7 +17,7 @@ USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details":
 
 def _cmd(command: str, **kw: object) -> ControlCommand:
     return ControlCommand(command=command, agent_id="sync-bot", reason="test", decision_id=f"d-{command}-{kw.get('task_id', '')}",  # type: ignore[arg-type]
-                          ts_ms=time.time_ns() // 1_000_000, **kw)  # type: ignore[arg-type]
+                          ts_ms=system_ms(), **kw)  # type: ignore[arg-type]
 
 
 def _sync(tmp_path: Path, sender: FakeSender, **kw: object) -> SyncBudgetClient:
