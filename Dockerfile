@@ -6,7 +6,7 @@ COPY schemas schemas
 COPY streams streams
 COPY sinks sinks
 COPY ops ops
-RUN pip install --no-cache-dir -c requirements.lock . && useradd --create-home budgetwarden
+RUN pip install --no-cache-dir -c requirements.lock '.[worker]' && useradd --create-home budgetwarden
 USER budgetwarden
 ENV BUDGETWARDEN_DATA_DIR=/home/budgetwarden/var \
     BUDGETWARDEN_HTTP_HOST=0.0.0.0

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import sys
 
-import typer
+try:
+    import typer
+except ModuleNotFoundError as missing:  # `pip install budgetwarden` is the agent client alone
+    sys.exit(f"budgetwarden: the command line needs the worker extra ({missing.name} is not installed): "
+             "pip install 'budgetwarden[worker]'")
 
 from ops.commands import COMMAND_MODULES
 from ops.logsetup import configure as configure_logging

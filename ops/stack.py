@@ -84,7 +84,7 @@ class Stack:
 
     def _http_ready(self) -> bool:
         try:
-            get_json(self.dashboard_url, "api/live", timeout_s=1)
+            get_json(self.dashboard_url, "/api/live", timeout_s=1)
         except (ApiError, OSError, ValueError):
             return False
         return True

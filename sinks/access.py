@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from schemas.calendar import Calendar
 from schemas.errors import BudgetwardenError
 from sinks import queries as q
 from sinks.http_json import ApiError, get_json
 from sinks.procs import pid_alive
 from sinks.sqlguard import check_read_only
-from sinks.store import Store, apply_schema, open_store
+from sinks.backend import open_store
+from sinks.store import Store, apply_schema
 from sinks.waste import waste
 from streams.rules_config import load_rules
 from streams.settings import WorkerSettings
@@ -50,6 +52,8 @@ class Access:
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
+        self.rules = load_rules(settings.rules_path)
+        self.calendar = Calendar(self.rules.tz())  # the budgets' "today" in the rules' time zone
         self._store: Store | None = None
         url = None if settings.clickhouse_url else owner_url(settings)
         self.api = ApiAccess(url) if url else None
@@ -75,27 +79,27 @@ class Access:
     def top(self, by: str, period: str, limit: int, filters: dict[str, str]) -> Any:
         if self.api:
             return self.api.get("/api/top", by=by, period=period, limit=limit, **self._filters(filters))
-        return q.top(self.store, by, period, limit, self._filters(filters))
+        return q.top(self.store, by, period, limit, self._filters(filters), calendar=self.calendar)
 
     def usage(self, period: str, by: str, limit: int, filters: dict[str, str]) -> Any:
         if self.api:
             return self.api.get("/api/usage", period=period, by=by, limit=limit, **self._filters(filters))
-        return q.usage(self.store, period, by, limit, self._filters(filters))
+        return q.usage(self.store, period, by, limit, self._filters(filters), calendar=self.calendar)
 
     def status(self) -> Any:
         if self.api:
             return self.api.get("/api/status")
-        return q.budget_status(self.store, load_rules(self.settings.rules_path))
+        return q.budget_status(self.store, self.rules)
 
     def report(self, period: str) -> Any:
         if self.api:
             return self.api.get("/api/report", period=period)
-        return q.report(self.store, period)
+        return q.report(self.store, period, calendar=self.calendar)
 
     def waste(self, period: str) -> Any:
         if self.api:
             return self.api.get("/api/waste", period=period)
-        return waste(self.store, period)
+        return waste(self.store, period, calendar=self.calendar)
 
     def sql(self, text: str) -> list[dict[str, Any]]:
         statement = check_read_only(text)

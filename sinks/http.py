@@ -7,6 +7,7 @@ A dashboard dropped into `sinks/web/` is served at `/`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from schemas.calendar import PERIODS, Calendar
 from schemas.errors import InputError
 from sinks import dashboard_queries as dq
 from sinks import queries as q
 from sinks.waste import waste
-from schemas.calendar import PERIODS
 from sinks.sqlguard import RefusedSQL, check_read_only
 from sinks.store import Store, StoreError, StoreRunner
 from streams.rules_config import RulesConfig, load_rules
@@ -78,9 +79,15 @@ def make_app(
     app[LIVE_KEY] = live_status
     app[RULES_KEY] = rules
 
-    def route(path: str, fn: Callable[[web.Request], tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    # "today", "this week", "this month" in the rules' time zone: the budgets' own calendar
+    calendar = Calendar((rules or load_rules(None)).tz())
+
+    def route(path: str, fn: Callable[[web.Request], tuple[Callable[..., Any], tuple[Any, ...]]],
+              in_calendar: bool = True) -> None:
         async def handler(request: web.Request) -> web.Response:
             call, args = fn(request)
+            if in_calendar:
+                call = partial(call, calendar=calendar)
             return json_response(await runner.run(call, runner.store, *args))
 
         app.router.add_get(path, handler)
@@ -93,10 +100,11 @@ def make_app(
     route("/api/cache", lambda r: (q.cache_report, (_period(r, "day"), _filters(r), _now(r))))
     route("/api/drift", lambda r: (q.model_drift, (_period(r, "week"), _filters(r), _now(r))))
     route("/api/burn", lambda r: (q.burn, (_now(r), _filters(r))))
-    route("/api/burn/minutes", lambda r: (dq.burn_minutes, (_int(r, "minutes", 60, 1, 1440), _now(r), _filters(r))))
+    route("/api/burn/minutes", lambda r: (dq.burn_minutes, (_int(r, "minutes", 60, 1, 1440), _now(r), _filters(r))),
+          in_calendar=False)
     route("/api/decisions", lambda r: (q.decisions, (_int(r, "limit", 50), _period(r, "all"), _now(r))))
     route("/api/reprice", lambda r: (q.reprice, (r.query.get("catalog_version", ""), _period(r, "month"), _filters(r), _now(r))))
-    route("/api/status", lambda r: (q.budget_status, (app[RULES_KEY] or load_rules(None), _now(r))))
+    route("/api/status", lambda r: (q.budget_status, (app[RULES_KEY] or load_rules(None), _now(r))), in_calendar=False)
 
     async def sql(request: web.Request) -> web.Response:
         if request.method == "POST":

@@ -4,7 +4,8 @@ these functions fill in the database, the dimension column and filters, run it o
 
 Every function takes the store first, then keyword parameters: `period` (hour | day |
 week | month | all, a calendar window ending now), `filters` ({dimension: value}),
-`limit`, and `now_ms` (the clock; system time when None). Money is integer nano-USD,
+`limit`, `now_ms` (the clock; system time when None) and `calendar` (the rules' time zone,
+`schemas.calendar`, the same "today" the budgets use; UTC when None). Money is integer nano-USD,
 with a `usd` 9-decimal string next to it.
 """
 from __future__ import annotations
@@ -78,14 +79,16 @@ def _usage_row(row: Row) -> Row:
 
 # usage ------------------------------------------------------------------------------------
 def top(store: Store, by: str = "agent", period: str = "day", limit: int = 10,
-        filters: Mapping[str, str] | None = None, now_ms: int | None = None) -> list[Row]:
+        filters: Mapping[str, str] | None = None, now_ms: int | None = None,
+        calendar: Calendar | None = None) -> list[Row]:
     """Usage and cost by one dimension, most expensive first."""
-    params = {**bounds(query_window(period, now_ms)), "limit": limit}
+    params = {**bounds(query_window(period, now_ms, calendar)), "limit": limit}
     return [_usage_row(r) for r in run_named(store, "usage_by", params, filters, by)]
 
 
-def totals(store: Store, period: str = "day", filters: Mapping[str, str] | None = None, now_ms: int | None = None) -> Row:
-    w = query_window(period, now_ms)
+def totals(store: Store, period: str = "day", filters: Mapping[str, str] | None = None, now_ms: int | None = None,
+           calendar: Calendar | None = None) -> Row:
+    w = query_window(period, now_ms, calendar)
     row = run_named(store, "totals", bounds(w), filters)[0]
     for k, v in row.items():
         row[k] = int(v)
@@ -93,9 +96,11 @@ def totals(store: Store, period: str = "day", filters: Mapping[str, str] | None 
 
 
 def usage(store: Store, period: str = "day", by: str = "model", limit: int = 20,
-          filters: Mapping[str, str] | None = None, now_ms: int | None = None) -> Row:
+          filters: Mapping[str, str] | None = None, now_ms: int | None = None,
+          calendar: Calendar | None = None) -> Row:
     """Totals for the period plus a breakdown by one dimension."""
-    return {**totals(store, period, filters, now_ms), "by": by, "rows": top(store, by, period, limit, filters, now_ms)}
+    return {**totals(store, period, filters, now_ms, calendar), "by": by,
+            "rows": top(store, by, period, limit, filters, now_ms, calendar)}
 
 
 # budgets ----------------------------------------------------------------------------------
@@ -138,9 +143,10 @@ def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -
 
 # distributions ----------------------------------------------------------------------------
 def task_distribution(store: Store, period: str = "day", filters: Mapping[str, str] | None = None,
-                      now_ms: int | None = None) -> Row:
+                      now_ms: int | None = None,
+                      calendar: Calendar | None = None) -> Row:
     """Cost per task: p50/p90/p99/max and the share of spend in the top 1% of tasks."""
-    row = run_named(store, "task_distribution", bounds(query_window(period, now_ms)), filters)[0]
+    row = run_named(store, "task_distribution", bounds(query_window(period, now_ms, calendar)), filters)[0]
     tasks, total = int(row["tasks"]), int(row["total_nano"])
     q = [int(v) for v in row["q"]] if tasks else [0, 0, 0]
     top1 = int(row["top1pct_nano"])
@@ -155,9 +161,10 @@ def task_distribution(store: Store, period: str = "day", filters: Mapping[str, s
 
 
 def cache_report(store: Store, period: str = "day", filters: Mapping[str, str] | None = None,
-                 now_ms: int | None = None) -> Row:
+                 now_ms: int | None = None,
+                 calendar: Calendar | None = None) -> Row:
     """Caching per model and per agent: hit rate, savings, write premium, net."""
-    params = bounds(query_window(period, now_ms))
+    params = bounds(query_window(period, now_ms, calendar))
 
     def rows(dim: str) -> list[Row]:
         result = []
@@ -174,9 +181,10 @@ def cache_report(store: Store, period: str = "day", filters: Mapping[str, str] |
 
 
 def model_drift(store: Store, period: str = "week", filters: Mapping[str, str] | None = None,
-                now_ms: int | None = None) -> list[Row]:
+                now_ms: int | None = None,
+                calendar: Calendar | None = None) -> list[Row]:
     """Each model's share of cost in this period vs the previous one (share points)."""
-    w = query_window(period, now_ms)
+    w = query_window(period, now_ms, calendar)
     prev = w.previous()
     rows = run_named(store, "drift", {**bounds(w), "prev_start_ms": prev.start_ms}, filters)
     cur_total = sum(int(r["cur_nano"]) for r in rows)
@@ -194,20 +202,27 @@ def model_drift(store: Store, period: str = "week", filters: Mapping[str, str] |
     return out
 
 
+def _days_before(calendar: Calendar, day_start: int, days: int) -> int:
+    """The local midnight `days` calendar days before `day_start` (DST days are 23 or 25 h)."""
+    return calendar.day_start(day_start - days * 86_400_000 + 43_200_000)
+
+
 def burn(store: Store, now_ms: int | None = None, filters: Mapping[str, str] | None = None,
-         daily_budget_nano: int | None = None) -> Row:
+         daily_budget_nano: int | None = None, calendar: Calendar | None = None) -> Row:
     """Burn per day (7-day average) and week (28-day average), and linear end-of-period
-    forecasts: spent so far x period length / elapsed."""
+    forecasts: spent so far x period length / elapsed. Days are the calendar's local days."""
+    calendar = calendar or Calendar()
     now = system_ms() if now_ms is None else now_ms
-    day_ms = 86_400_000
-    start = (now // day_ms - 27) * day_ms
-    windows = {period: window(period, now) for period in ("day", "week", "month")}
-    # One pass over UTC days since the earlier of 28 days ago and the month's start: every
-    # window here begins at a UTC midnight, so each is an exact sum of whole days.
+    today = calendar.day_start(now)
+    start = _days_before(calendar, today, 27)
+    windows = {period: window(period, now, calendar) for period in ("day", "week", "month")}
+    # One pass over local days since the earlier of 28 days ago and the month's start: every
+    # window here begins at a local midnight, so each is an exact sum of whole days.
     first = min(start, windows["month"].start_ms)
-    days = {int(r["day_ms"]): int(r["nano_usd"]) for r in run_named(store, "burn", {"start_ms": first, "end_ms": now + 1}, filters)}
+    params = {"start_ms": first, "end_ms": now + 1, "tz": calendar.tz.key}
+    days = {int(r["day_ms"]): int(r["nano_usd"]) for r in run_named(store, "burn", params, filters)}
     recent = {d: v for d, v in days.items() if d >= start}
-    last7 = sum(v for d, v in recent.items() if d >= (now // day_ms - 6) * day_ms)
+    last7 = sum(v for d, v in recent.items() if d >= _days_before(calendar, today, 6))
     last28 = sum(recent.values())
     out: Row = {
         "per_day_nano_usd": last7 // 7,
@@ -240,9 +255,10 @@ def load_prices(store: Store, catalog: PriceCatalog, version: str | None = None)
 
 
 def reprice(store: Store, catalog_version: str, period: str = "month", filters: Mapping[str, str] | None = None,
-            now_ms: int | None = None) -> Row:
+            now_ms: int | None = None,
+            calendar: Calendar | None = None) -> Row:
     """Cost of a period under another (already loaded) catalog version, per model and total."""
-    params = {**bounds(query_window(period, now_ms)), "catalog_version": catalog_version}
+    params = {**bounds(query_window(period, now_ms, calendar)), "catalog_version": catalog_version}
     rows = []
     for r in run_named(store, "reprice", params, filters):
         row = {"key": r["key"], "events": int(r["events"]), "nano_usd": int(r["nano_usd"]),
@@ -255,19 +271,21 @@ def reprice(store: Store, catalog_version: str, period: str = "month", filters: 
 
 
 # decisions --------------------------------------------------------------------------------
-def decisions(store: Store, limit: int = 50, period: str = "all", now_ms: int | None = None) -> list[Row]:
-    return run_named(store, "decisions", {**bounds(query_window(period, now_ms)), "limit": limit})
+def decisions(store: Store, limit: int = 50, period: str = "all", now_ms: int | None = None,
+              calendar: Calendar | None = None) -> list[Row]:
+    return run_named(store, "decisions", {**bounds(query_window(period, now_ms, calendar)), "limit": limit})
 
 
 # the report -------------------------------------------------------------------------------
-def report(store: Store, period: str = "day", now_ms: int | None = None, limit: int = 5) -> Row:
+def report(store: Store, period: str = "day", now_ms: int | None = None, limit: int = 5,
+           calendar: Calendar | None = None) -> Row:
     """One summary: totals, top agents/models/teams, task distribution, caching, drift, burn."""
     now = system_ms() if now_ms is None else now_ms
     return {
-        "totals": totals(store, period, None, now),
-        "top": {by: top(store, by, period, limit, None, now) for by in ("agent", "model", "team", "user")},
-        "tasks": task_distribution(store, period, None, now),
-        "cache": cache_report(store, period, None, now),
-        "drift": model_drift(store, period, None, now),
-        "burn": burn(store, now),
+        "totals": totals(store, period, None, now, calendar),
+        "top": {by: top(store, by, period, limit, None, now, calendar) for by in ("agent", "model", "team", "user")},
+        "tasks": task_distribution(store, period, None, now, calendar),
+        "cache": cache_report(store, period, None, now, calendar),
+        "drift": model_drift(store, period, None, now, calendar),
+        "burn": burn(store, now, calendar=calendar),
     }

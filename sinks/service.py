@@ -16,7 +16,8 @@ import structlog
 from aiohttp import web
 
 from sinks.http import make_app
-from sinks.store import Store, StoreRunner, apply_schema, open_store
+from sinks.backend import open_store
+from sinks.store import Store, StoreRunner, apply_schema
 from schemas.topics import Topics
 from sinks.writer import SinkWriter, WriterConfig
 from streams.rules_config import load_rules

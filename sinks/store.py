@@ -1,4 +1,4 @@
-"""The small interface both ClickHouse backends implement, and how the worker picks one.
+"""The small interface both ClickHouse backends implement (`sinks.backend` picks one).
 
 Everything above this layer (DDL, writer, queries) is plain SQL through `command`,
 `query` and `insert`, so chDB and a ClickHouse server run the same statements.
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from schemas.errors import BudgetwardenError
 from sinks.sqlfiles import sql_text
-from streams.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from sinks.rows import UsageColumns
@@ -62,17 +61,6 @@ def apply_schema(store: Store, ttl_days: int | None = None, rollup_ttl_days: int
     """Create whatever is missing; safe to run at every start (TTLs: `WorkerSettings.ttl_days`, ...)."""
     for stmt in ddl_statements(store.database, ttl_days, rollup_ttl_days):
         store.command(stmt)
-
-
-def open_store(settings: WorkerSettings, database: str = DEFAULT_DATABASE) -> Store:
-    """A ClickHouse server when `settings.clickhouse_url` is set, else chDB under `clickhouse_dir`."""
-    if settings.clickhouse_url:
-        from sinks.server_store import ServerStore
-
-        return ServerStore(settings.clickhouse_url)
-    from sinks.chdb_store import ChdbStore
-
-    return ChdbStore(settings.clickhouse_dir, database)
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from schemas.calendar import Calendar
 from schemas.clock import system_ms
 from schemas.money import format_usd
 from schemas.pricing import TOKENS_PER_PRICE_UNIT, PriceCatalog, cost_nanos
@@ -22,6 +23,7 @@ def _round(total: int) -> int:
 
 
 def waste(store: Store, period: str = "week", filters: Mapping[str, str] | None = None, now_ms: int | None = None,
+          calendar: Calendar | None = None,
           catalog: PriceCatalog | None = None, simple_output: int = 300, simple_context: int = 4_000,
           bloat_tokens: int = 32_000, task_limit: int | None = None, cache_min_tokens: int = 100_000,
           cache_target_hit: float = 0.5) -> Row:
@@ -37,7 +39,7 @@ def waste(store: Store, period: str = "week", filters: Mapping[str, str] | None 
     """
     catalog = catalog or PriceCatalog.default()
     now = system_ms() if now_ms is None else now_ms
-    window = bounds(query_window(period, now))
+    window = bounds(query_window(period, now, calendar))
     shapes = run_named(store, "waste_shapes", {**window, "simple_output": simple_output,
                                                "simple_context": simple_context, "bloat_tokens": bloat_tokens}, filters)
     overspend: dict[tuple[str, str, str], int] = {}

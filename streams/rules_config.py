@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import yaml
 from msgspec import Meta, Struct
-from typing_extensions import Annotated
+
 
 from schemas.contract import Limits, Policy
 from schemas.errors import ConfigError

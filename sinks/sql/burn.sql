@@ -1,6 +1,6 @@
--- Spend per UTC day since start_ms (burn rate and forecasts are computed from these).
+-- Spend per local day (time zone {tz}) since start_ms (burn rate and forecasts are computed from these).
 SELECT
-    intDiv(ts_ms, 86400000) * 86400000 AS day_ms,
+    toUnixTimestamp(toStartOfDay(ts, {tz:String})) * 1000 AS day_ms,
     count() AS events,
     sum(tokens) AS tokens,
     sum(nano_usd) AS nano_usd

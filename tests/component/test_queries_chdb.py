@@ -241,3 +241,20 @@ def test_usage_events_merge_vertically_after_every_start(store: ChdbStore) -> No
                          {"d": store.database})[0]["engine_full"]
     assert "vertical_merge_algorithm_min_rows_to_activate = 1" in engine
     assert "vertical_merge_algorithm_min_columns_to_activate = 1" in engine
+
+
+def test_windows_and_burn_days_follow_the_rules_time_zone(store: ChdbStore) -> None:
+    """The queries' "today" is the budgets' today (schemas.calendar), not UTC's."""
+    from schemas.calendar import Calendar
+
+    # NOW is 02:00 on Jan 2 in Kiritimati (UTC+14): its day began at NOW - 2 h
+    kiritimati = q.totals(store, "day", now_ms=NOW, calendar=Calendar("Pacific/Kiritimati"))
+    assert (kiritimati["start_ms"], kiritimati["events"], kiritimati["nano_usd"]) == (NOW - 2 * H, 3, 13_500_000)
+    # and 04:00 on Jan 1 in Los Angeles (UTC-8): its day began at NOW - 4 h
+    la = Calendar("America/Los_Angeles")
+    assert q.totals(store, "day", now_ms=NOW, calendar=la)["nano_usd"] == 55_200_000
+    assert [(r["key"], r["nano_usd"]) for r in q.top(store, "agent", "day", 10, now_ms=NOW, calendar=la)] == [
+        ("a1", 46_500_000), ("a3", 6_000_000), ("a2", 2_700_000)]
+    daily = q.burn(store, NOW, calendar=la)["daily"]
+    assert [(d["day_ms"], d["nano_usd"]) for d in daily] == [
+        (NOW - 4 * H - DAY, 150_000_000 + 7_500_000), (NOW - 4 * H, 55_200_000)]

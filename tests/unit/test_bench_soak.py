@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ops.bench.all import last_json_line, parse_skip, summary_lines
-from ops.bench.soak import (
+from ops.bench.soak_chart import write_chart
+from ops.bench.soak_stats import (
     PROCESSOR_GROUP,
     SINK_GROUP,
     ProbeResult,
@@ -20,7 +21,6 @@ from ops.bench.soak import (
     per_second,
     percentile,
     summarize,
-    write_chart,
 )
 
 
