@@ -1,17 +1,21 @@
-"""`budgetwarden bench ...`: the group each area's benchmark command attaches to.
+"""`budgetwarden bench ...`: benchmarks that print measured numbers.
 
-Area modules (processor, sink, client, soak) do `@bench_app.command("name")`; this module
-is registered before them so the group exists.
+Subcommands: `sink` and `contention` (chDB), `client`, `processor`, `all` (every benchmark,
+then the soak, into bench/) and `soak`. Each imports its `ops.bench` module when it runs, so
+the bench extra (matplotlib, psutil) is only needed for the command being run.
 """
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import msgspec
 import typer
 
-from ops.commands.common import err_console
+from ops.commands.common import console, err_console, fail
+
+__all__ = ["register"]
 
 bench_app = typer.Typer(help="Benchmarks that print measured numbers (never timed tests).", no_args_is_help=True)
 
@@ -20,12 +24,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
 
 
-# Options and output every benchmark command shares.
+# Options more than one benchmark takes.
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 BootstrapOption = Annotated[
     str | None,
     typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP", help="Use this broker instead of a throwaway one."),
 ]
+Rate = Annotated[int, typer.Option("--rate", min=1, help="Soak load, events/s.")]
+Agents = Annotated[int, typer.Option("--agents", min=1, help="Simulated agents in the soak load.")]
 
 
 def progress(message: str) -> None:
@@ -34,3 +40,159 @@ def progress(message: str) -> None:
 
 def emit_json(result: Any) -> None:
     sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+
+
+# --- sink and chDB -----------------------------------------------------------------------
+
+
+@bench_app.command("sink")
+def bench_sink(
+    rows: Annotated[int, typer.Option("--rows", min=1000, help="Events through Kafka -> writer -> chDB.")] = 300_000,
+    query_rows: Annotated[int, typer.Option("--query-rows", min=0, help="Events generated in chDB for the query timings (0 skips).")] = 10_000_000,
+    per_message: Annotated[int, typer.Option("--per-message", min=1, max=5000, help="Events per Kafka message (1 = singles; >1 = usage_batch envelopes).")] = 1,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Sink and bare insert alternate this many times; medians are reported.")] = 3,
+    bootstrap: BootstrapOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rows/s from Kafka into chDB through the writer vs one bare INSERT; attribution query times."""
+    from ops.bench.sink import run
+
+    result = run(rows, query_rows, per_message, bootstrap, progress, rounds)
+    if as_json:
+        emit_json(result)
+        return
+    for i, r in enumerate(result["rounds"], 1):
+        print(f"round {i}: sink {r['sink_rows_per_s']:>9,} rows/s, bare {r['bare_insert_rows_per_s']:>9,} rows/s, "
+              f"ratio {r['ratio_vs_bare']}")
+    print(f"sink:  {result['sink_rows_per_s']:>10,} rows/s  (median; {result['rows']:,} rows, {per_message} event(s)/message)")
+    print(f"bare:  {result['bare_insert_rows_per_s']:>10,} rows/s  (median; one INSERT of the same rows)")
+    print(f"ratio: {result['ratio_vs_bare']} x bare (median of the rounds' ratios)   "
+          "targets: >= 100,000 rows/s and >= 0.7 x bare")
+    for name, seconds in result["query_seconds"].items():
+        print(f"  {name:<26} {seconds:>7.3f} s over {result.get('query_rows', 0):,} events")
+
+
+@bench_app.command("contention")
+def bench_contention(
+    sizes: Annotated[str, typer.Option("--sizes", help="Rows per insert, comma-separated.")] = "10000,100000",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Inserts per size per round.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="The three conditions alternate this many times.")] = 3,
+    as_json: JsonFlag = False,
+) -> None:
+    """ms per chDB insert alone, next to the writer's decode loop on a thread, and next to it in another process."""
+    from ops.bench.contention import CONDITIONS, run
+
+    try:
+        rows = [int(s) for s in sizes.split(",")]
+    except ValueError:
+        fail(f"--sizes: {sizes!r} is not a comma-separated list of row counts")
+    if min(rows) < 1:
+        fail("--sizes: every row count must be at least 1")
+    result = run(rows, repeats, rounds, progress)
+    if as_json:
+        emit_json(result)
+        return
+    ms = result["ms_per_call"]
+    print(f"{'ms per call':<16}" + "".join(f"{c:>10}" for c in CONDITIONS))
+    for name in ms["alone"]:
+        print(f"{name:<16}" + "".join(f"{ms[c][name]:>10}" for c in CONDITIONS))
+
+
+# --- client and processor ----------------------------------------------------------------
+
+
+@bench_app.command("client")
+def bench_client(
+    calls: Annotated[int, typer.Option("--calls", min=1000, help="record() calls timed.")] = 100_000,
+    events: Annotated[int, typer.Option("--events", min=1000, help="Events published for the rate.")] = 200_000,
+    kills: Annotated[int, typer.Option("--kills", min=1, help="kill_task commands timed.")] = 50,
+    bootstrap: BootstrapOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """p50/p99 µs added by record(), events/s one client publishes, kill latency p50/p99 ms."""
+    from ops.bench.client import run
+
+    result = run(calls, events, kills, bootstrap, progress)
+    if as_json:
+        emit_json(result)
+        return
+    print(f"record():  p50 {result['record_p50_us']} µs   p99 {result['record_p99_us']} µs   "
+          f"(target p99 < 100 µs; {result['record_calls']:,} calls)")
+    print(f"publish:   {result['publish_eps']:,} events/s acknowledged ({result['publish_events']:,} events)")
+    print(f"kill:      p50 {result['kill_latency_p50_ms']} ms   p99 {result['kill_latency_p99_ms']} ms   "
+          f"(command produced -> TaskKilled caught; {result['kills']} kills; target < 1000 ms)")
+
+
+@bench_app.command("processor")
+def bench_processor(
+    as_json: JsonFlag = False,
+    events: Annotated[int, typer.Option("--events", min=1_000, help="Events for (a) and (c); (b) a third, (d) 10x")] = 30_000,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """One broker, one run: (a) bare Faust, (b) naive Faust tables, (c) processor, (d) batch envelopes, latency."""
+    from ops.bench.processor import run
+
+    result = run(bootstrap, events, progress=progress)
+    if as_json:
+        emit_json(result)
+        return
+    console.print(
+        f"(a) bare Faust agent      {result['bare_eps']:>9,} events/s\n"
+        f"(b) naive Faust tables    {result['naive_eps']:>9,} events/s\n"
+        f"(c) processor, 1/message  {result['single_eps']:>9,} events/s   c/a {result['ratio_vs_bare']:.2f} (target ≥ 0.75)"
+        f"   c/b {result['ratio_vs_naive']:.1f} (target ≥ 5)\n"
+        f"(d) processor, batches    {result['batch_eps']:>9,} events/s   (target ≥ 50,000)\n"
+        f"decision latency          p50 {result['latency_p50_ms']} ms   p99 {result['latency_p99_ms']} ms"
+        f"   ({result['latency_samples']} kills at ~1,000 events/s; target p99 ≤ 50 ms)",
+        highlight=False,
+    )
+
+
+# --- everything, and the soak ------------------------------------------------------------
+
+
+@bench_app.command("all")
+def bench_all(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with everything.")] = False,
+    soak_seconds: Annotated[float, typer.Option("--soak-seconds", min=10, help="How long the soak runs.")] = 300.0,
+    rate: Rate = 2_000,
+    agents: Agents = 50,
+    skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of processor,sink,client,soak.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where results.json and soak.png go.")] = Path("bench"),
+) -> None:
+    """Processor, sink and client benchmarks, then a soak; writes results.json and soak.png."""
+    from ops.bench.all import parse_skip, run_all, summary_lines
+    from ops.bench.soak import SoakConfig
+
+    try:
+        skipped = parse_skip(skip)
+    except ValueError as err:
+        fail(str(err))
+    result = run_all(SoakConfig(seconds=soak_seconds, rate=rate, agents=agents), skipped, out_dir, progress)
+    if as_json:
+        emit_json(result)
+        return
+    print("\n".join(summary_lines(result)))
+    print(f"written: {out_dir / 'results.json'}" + (f", {out_dir / 'soak.png'}" if "soak" in result else ""))
+
+
+@bench_app.command("soak")
+def bench_soak(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (summary and samples).")] = False,
+    seconds: Annotated[float, typer.Option("--seconds", min=10, help="How long the soak runs.")] = 300.0,
+    rate: Rate = 2_000,
+    agents: Agents = 50,
+    chart: Annotated[Optional[Path], typer.Option("--chart", help="Write the PNG chart here.")] = None,
+) -> None:
+    """Only the soak: a real stack at a steady rate; rate, decision latency, lag and memory over time."""
+    from ops.bench.all import summary_lines
+    from ops.bench.soak import SoakConfig, run
+    from ops.bench.soak_chart import write_chart
+
+    result = run(SoakConfig(seconds=seconds, rate=rate, agents=agents), progress)
+    if chart is not None:
+        write_chart(result, chart)
+    if as_json:
+        emit_json(result)
+        return
+    print("\n".join(summary_lines({"soak": result})))
