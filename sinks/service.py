@@ -1,8 +1,8 @@
 """The sink inside the worker: store + DDL + Kafka writer + HTTP API, started and stopped together.
 
-`budgetwarden worker` (the processor's module) creates one SinkService next to the Faust
-app, in the same process and on the same event loop; every ClickHouse call runs on the
-store's own thread.
+`budgetwarden worker` (`ops/worker.py`) runs one SinkService in a supervised child process
+of its own (`worker --only sink`), apart from the processor; every ClickHouse call runs on
+the store's own thread, never on the event loop.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ GROUP_ID = "budgetwarden-sink"
 
 @dataclass(frozen=True)
 class WriterConfig:
-    batch_rows: int = 100_000  # ~1 insert/s at 100k rows/s (DESIGN); each insert has ~0.1-0.2 s fixed cost
+    batch_rows: int = 100_000  # ~1 insert/s at 100k rows/s (docs/performance.md); each insert has ~0.1-0.2 s fixed cost
     flush_ms: int = 1_000
     fetch_records: int = 2_000  # per getmany: short decode slices on the shared loop, and fetched
     # records die young (10k per fetch survived into the GC's old generation: full collections)

@@ -4,7 +4,7 @@ both live in one process, against the same loop in another process.
 chDB's `query()` releases the GIL while the engine works but takes it back along the way
 (even `SELECT 1` does once), so every time it does it waits for the busy thread to reach
 the interpreter's switch interval (5 ms). This measures that wait on the writer's real
-insert, with the writer's real decode work as the busy neighbour (README, *Sink ratio*).
+insert, with the writer's real decode work as the busy neighbour (docs/performance.md).
 """
 from __future__ import annotations
 

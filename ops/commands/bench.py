@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 BootstrapOption = Annotated[
     str | None,
-    typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP", help="Use this broker instead of a throwaway one."),
+    typer.Option("--bootstrap", help="Use this broker instead of a throwaway one."),
 ]
 Rate = Annotated[int, typer.Option("--rate", min=1, help="Soak load, events/s.")]
 Agents = Annotated[int, typer.Option("--agents", min=1, help="Simulated agents in the soak load.")]

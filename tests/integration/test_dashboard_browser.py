@@ -8,21 +8,19 @@ waits for pending fetches) before `--dump-dom` prints the DOM the scripts built.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
 import subprocess
 import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ops.demo import demo_rules_path, run_demo
 from ops.fleet.profiles import DEMO_FLEET
 from ops.stack import Stack
+from sinks.http_json import ApiError, get_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -68,19 +66,14 @@ def _bars(elements: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {e["data-agent"]: e for e in elements if "bar" in e.get("class", "").split() and "data-agent" in e}
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 async def _fleet_reporting(base: str, timeout_s: float = 90.0) -> None:
     """Until the worker serves and the processor has seen a few agents (the fleet is running)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if len((await asyncio.to_thread(_get, f"{base}api/live")).get("agents", {})) >= 3:
+            if len((await asyncio.to_thread(get_json, base, "/api/live", 10)).get("agents", {})) >= 3:
                 return
-        except OSError:
+        except (ApiError, OSError):
             pass
         await asyncio.sleep(0.5)
     raise AssertionError("the fleet never showed up in /api/live")
@@ -108,7 +101,7 @@ async def test_dashboard_shows_fleet_kill_and_pause(tmp_path: Path) -> None:
         shot.unlink(missing_ok=True)
         dom = await asyncio.to_thread(_chromium, base, tmp_path / "chrome2", "--dump-dom", f"--screenshot={shot}",
                                       budget_ms=7000, height=1380)
-        minutes = await asyncio.to_thread(_get, f"{base}api/burn/minutes?minutes=60")
+        minutes = await asyncio.to_thread(get_json, base, "/api/burn/minutes", 10, minutes=60)
     finally:
         if not demo.done():
             demo.cancel()
