@@ -29,7 +29,12 @@ from schemas.contract import ControlCommand, Decision
 from schemas.errors import InputError
 from schemas.topics import Topics
 from streams.engine import Engine
-from streams.faust_overrides import PromptFetchConsumer, quiet_client_debug_logs
+from streams.faust_overrides import (
+    PromptFetchConsumer,
+    quiet_client_debug_logs,
+    table_records_by_partition,
+    write_table_records,
+)
 from streams.kafka import read_compacted
 from streams.merger import Merger
 from streams.rules_config import RulesConfig, apply_policy, load_rules
@@ -168,13 +173,7 @@ class Processor:
         async with self._batch_lock:
             gained = active - self._owned
             dropped = self.engine.drop_partitions(self._owned - active)
-            store = self.state_table.data
-            key_partition = store._key_partition  # the memory store's own map, filled by recovery and _write_state
-            records: dict[int, list[tuple[bytes, bytes]]] = {}
-            for key, value in store.data.items():
-                p = key_partition.get(key)
-                if p in gained:
-                    records.setdefault(p, []).append((key, value))
+            records = table_records_by_partition(self.state_table, gained)
             n = sum(self.engine.restore(items, partition=p) for p, items in records.items())
             self._owned = active
         log.info("processor.restored", partitions=sorted(active), gained=sorted(gained), records=n,
@@ -237,17 +236,7 @@ class Processor:
                                             lambda agent_id: self._transaction_of(usage, home(agent_id)))
 
     def _write_state(self, writes: list[tuple[int, bytes, bytes | None]]) -> None:
-        data = self.state_table.data
-        key_partition = data._key_partition  # so Faust drops the record when its partition is revoked
-        send = self.state_table.send_changelog
-        for partition, key, value in writes:
-            if value is None:  # a tombstone: compaction removes the record from the changelog
-                data.pop(key, None)
-                key_partition.pop(key, None)
-            else:
-                data[key] = value
-                key_partition[key] = partition
-            send(partition, key, value, key_serializer="raw", value_serializer="raw")
+        write_table_records(self.state_table, writes)
 
     async def _publish(self, decisions: list[Decision], commands: list[ControlCommand],
                        transaction: Callable[[str], str | None]) -> None:
@@ -331,9 +320,7 @@ class Processor:
         out = self.merger.apply(rollups)
         rollups_txn = self._transaction_of(self.topics.rollups, 0)
         await self._publish(out.decisions, out.commands, lambda _agent: rollups_txn)
-        for key, value in out.writes:
-            self.merger_table.data[key] = value
-            self.merger_table.send_changelog(0, key, value, key_serializer="raw", value_serializer="raw")
+        write_table_records(self.merger_table, [(0, key, value) for key, value in out.writes])
         await self._flush_transaction()
 
     async def _flush_transaction(self) -> None:

@@ -90,3 +90,41 @@ def quiet_client_debug_logs() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:  # an explicit level set by someone else stands
             logger.setLevel(logging.INFO)
+
+
+def table_records_by_partition(table: Any, partitions: set[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """The records of a memory-store table that belong to `partitions`.
+
+    Faust's table API reads one key at a time and knows no partition of a key; the memory
+    store keeps that map privately (`_key_partition`, filled by changelog recovery and by
+    `write_table_records`). The processor restores a whole partition at once after a
+    rebalance, so it reads the map directly."""
+    store = table.data
+    key_partition = store._key_partition
+    records: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in store.data.items():
+        p = key_partition.get(key)
+        if p in partitions:
+            records.setdefault(p, []).append((key, value))
+    return records
+
+
+def write_table_records(table: Any, writes: list[tuple[int, bytes, bytes | None]]) -> None:
+    """Write raw (partition, key, value) records into a table and its changelog; None deletes.
+
+    Replaces `table[key] = value`, which serializes, derives the partition from the current
+    event and sends one changelog record per assignment. The processor writes each changed
+    record once per flush, with the partition of the usage partition that owns it, and
+    records the key's partition so Faust drops the record when that partition is revoked."""
+    data = table.data
+    key_partition = data._key_partition
+    send = table.send_changelog
+    for partition, key, value in writes:
+        if value is None:  # a tombstone: compaction removes the record from the changelog
+            data.pop(key, None)
+            key_partition.pop(key, None)
+        else:
+            data[key] = value
+            key_partition[key] = partition
+        send(partition, key, value, key_serializer="raw", value_serializer="raw")
+
