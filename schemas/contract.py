@@ -79,7 +79,8 @@ class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defau
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
     cache_write_1h_tokens: Tokens = 0
-    estimated_tokens: Tokens | None = None
+    estimated_tokens: Tokens | None = None  # this call's pre-call estimate
+    task_estimated_tokens: Tokens | None = None  # the whole task's estimate, repeated on each of its events
     criticality: Criticality = "normal"
     status: CallStatus = "ok"
     prompt_hash: OptName = ""

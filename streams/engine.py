@@ -366,6 +366,8 @@ class Engine:
         task.nano += nano
         if ev.ts_ms > task.last_ts:
             task.last_ts = ev.ts_ms
+        if ev.task_estimated_tokens is not None:  # the same figure on every event of the task: kept, not summed
+            task.task_estimate = ev.task_estimated_tokens
         if ev.estimated_tokens is not None:
             task.est_tokens += ev.estimated_tokens
             task.est_observed += tokens

@@ -165,14 +165,17 @@ def task_decisions(
             hits.append(dict(rule="runaway_detected", observed=task.tokens, limit=limits.task_tokens, unit="tokens",
                              message=f"Agent {name} runaway: task {task_id} used {task.tokens} tokens, over "
                                      f"{rules.runaway_detected.factor:g}x its {limits.task_tokens}-token task limit"))
-    if task.est_tokens > 0:
+    # the task's own estimate compares with all its tokens; else the calls that carried a per-call
+    # estimate compare with the sum of those estimates
+    estimate, used = (task.task_estimate, task.tokens) if task.task_estimate else (task.est_tokens, task.est_observed)
+    if estimate > 0:
         est = rules.estimate_overrun
-        ratio = task.est_observed / task.est_tokens
+        ratio = used / estimate
         level = "kill" if ratio > est.kill else "warn" if ratio > est.warn else ""
         if level:
-            hits.append(dict(rule="estimate_overrun", level=level, observed=task.est_observed, limit=task.est_tokens,
-                             unit="tokens", message=f"Agent {name} task {task_id} used {task.est_observed} tokens, "
-                                                    f"{ratio:.1f}x its estimate of {task.est_tokens}"))
+            hits.append(dict(rule="estimate_overrun", level=level, observed=used, limit=estimate,
+                             unit="tokens", message=f"Agent {name} task {task_id} used {used} tokens, "
+                                                    f"{ratio:.1f}x its estimate of {estimate}"))
     if limits.step_tokens is not None and task.step_tokens > limits.step_tokens and rules.step_overrun.enabled:
         hits.append(dict(rule="step_overrun", level=f"step{task.step}", observed=task.step_tokens,
                          limit=limits.step_tokens, unit="tokens",

@@ -40,13 +40,14 @@ class TaskState(Struct, array_like=True):
     tokens: int = 0
     nano: int = 0
     events: int = 0
-    est_tokens: int = 0  # sum of pre-call estimates
+    est_tokens: int = 0  # sum of per-call estimates
     est_observed: int = 0  # tokens of the calls that carried an estimate
     step: int = -1
     step_tokens: int = 0
     hashes: list[tuple[int, str]] = []  # recent (step, prompt_hash)
     fired: list[str] = []  # decision ids already emitted for this task
     killed: bool = False
+    task_estimate: int = 0  # the whole task's estimate (`task(estimated_tokens=...)`); 0: none given
 
 
 class AgentState(Struct, array_like=True):

@@ -63,7 +63,8 @@ class TaskScope:
     def __init__(self, client: BudgetClient, task_id: str, estimated_tokens: int | None) -> None:
         self.client = client
         self.task_id = task_id
-        self.estimated_tokens = estimated_tokens
+        self.estimated_tokens = estimated_tokens  # the whole task's estimate
+        self.call_estimate: int | None = None  # the next call's, from `before_call(estimated_tokens=...)`
         self.killed: ControlCommand | None = None
         self._steps = itertools.count()
         self._asyncio_task: asyncio.Task[Any] | None = None
@@ -178,6 +179,7 @@ class BudgetClient:
         self._background: set[asyncio.Task[Any]] = set()
         self._id_prefix = f"{now_ms():x}{os.urandom(6).hex()}-"
         self._seq = itertools.count()
+        self.call_estimate: int | None = None  # the next call outside a task, from `before_call(estimated_tokens=...)`
 
     # lifecycle ------------------------------------------------------------------------------
     async def start(self) -> BudgetClient:
@@ -237,8 +239,11 @@ class BudgetClient:
                 pass
         await self.before_call()
 
-    async def before_call(self) -> None:
-        """Sleep for the throttle delay in force (0 when not throttled); call before each model call."""
+    async def before_call(self, estimated_tokens: int | None = None) -> None:
+        """Call before each model call: sleeps for the throttle delay in force (0 when not
+        throttled) and remembers `estimated_tokens` as the next recorded call's own estimate."""
+        if estimated_tokens is not None:
+            (self.current_task() or self).call_estimate = estimated_tokens
         delay = self.state.throttle_ms()
         if delay:
             await asyncio.sleep(delay / 1000)
@@ -311,14 +316,14 @@ class BudgetClient:
         if prompt_chars:
             self.estimator.observe(prompt_chars, usage.input_tokens + usage.cache_read_tokens
                                    + usage.cache_write_tokens + usage.cache_write_1h_tokens)
+        holder = scope if scope is not None else self
+        if estimated_tokens is None:
+            estimated_tokens, holder.call_estimate = holder.call_estimate, None
+        task_id, task_estimate = "", None
         if scope is not None:
-            task_id = scope.task_id
+            task_id, task_estimate = scope.task_id, scope.estimated_tokens
             if step is None:
                 step = scope.next_step()
-            if estimated_tokens is None:
-                estimated_tokens = scope.estimated_tokens
-        else:
-            task_id = ""
         return UsageEvent(
             event_id=event_id or self.new_event_id(),
             ts_ms=ts_ms or self._now_ms(),
@@ -336,6 +341,7 @@ class BudgetClient:
             cache_write_tokens=usage.cache_write_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             estimated_tokens=estimated_tokens,
+            task_estimated_tokens=task_estimate,
             criticality=self.criticality,
             status=status,
             prompt_hash=prompt_hash,
@@ -364,8 +370,8 @@ class BudgetClient:
             changes["task_id"] = scope.task_id
             if event.step is None:
                 changes["step"] = scope.next_step()
-            if event.estimated_tokens is None and scope.estimated_tokens is not None:
-                changes["estimated_tokens"] = scope.estimated_tokens
+            if event.task_estimated_tokens is None and scope.estimated_tokens is not None:
+                changes["task_estimated_tokens"] = scope.estimated_tokens
         return msgspec.structs.replace(event, **changes) if changes else event
 
     async def record(self, event: UsageEvent) -> UsageEvent:

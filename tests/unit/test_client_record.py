@@ -28,8 +28,22 @@ async def test_record_openai_chat_usage_with_cached_tokens_lands_in_canonical_bu
     assert (event.input_tokens, event.cache_read_tokens, event.output_tokens) == (200, 1000, 300)
     assert event.total_tokens == 1500
     assert (event.provider, event.model, event.agent_id, event.user_id, event.team) == ("openai", "gpt-4o", "support-bot", "u-42", "cx")
-    assert (event.task_id, event.step, event.estimated_tokens, event.prompt_hash) == ("ticket-981", 0, 4000, "h1")
+    assert (event.task_id, event.step, event.prompt_hash) == ("ticket-981", 0, "h1")
+    assert (event.task_estimated_tokens, event.estimated_tokens) == (4000, None)  # the task's estimate, not a per-call one
     assert event.event_id and event.ts_ms > 0
+
+
+async def test_a_per_call_estimate_from_before_call_goes_on_that_call_only(tmp_path: Path) -> None:
+    bw = _client(tmp_path)
+    usage = {"prompt_tokens": 100, "completion_tokens": 10}
+    async with bw.task("t", estimated_tokens=900):
+        await bw.before_call(estimated_tokens=150)
+        await bw.record_openai(usage, model="gpt-4o")
+        await bw.record_openai(usage, model="gpt-4o")
+    await bw.before_call(estimated_tokens=70)  # outside a task
+    await bw.record_openai(usage, model="gpt-4o")
+    assert [(e.task_id, e.estimated_tokens, e.task_estimated_tokens) for e in bw.publisher.queued_events()] == [
+        ("t", 150, 900), ("t", None, 900), ("", 70, None)]
 
 
 async def test_record_anthropic_keeps_cache_writes_apart_and_gemini_maps_to_google(tmp_path: Path) -> None:

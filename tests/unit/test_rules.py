@@ -97,6 +97,17 @@ def test_estimate_overrun_straight_to_kill_sends_no_late_warning() -> None:
     assert [d.action for d in out.decisions] == ["kill_task"]
 
 
+def test_a_task_estimate_is_the_whole_tasks_however_many_calls_it_makes() -> None:
+    """`task("t", estimated_tokens=4000)` stamps 4,000 on each of its events: the ladder compares
+    the task's tokens with 4,000, not with 4,000 x the number of calls."""
+    h = Harness({"timezone": "UTC", "budgets": {"default_agent": {"daily_tokens": 10_000_000}}})
+    fired = []
+    for call in range(1, 21):
+        out = h.send(task_id="t", task_estimated_tokens=4_000, input_tokens=1_000)
+        fired += [(call, d.rule, d.action) for d in out.decisions]
+    assert fired == [(9, "estimate_overrun", "notify"), (11, "estimate_overrun", "kill_task")]  # > 8,000; > 10,000
+
+
 def test_step_overrun_per_step() -> None:
     h = Harness()
     assert rules_of(h.send(task_id="t", step=1, input_tokens=150)) == []
