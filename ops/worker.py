@@ -30,6 +30,7 @@ from schemas.topics import Topics
 from streams.app import Processor
 from streams.kafka import ensure_topics
 from streams.settings import PARENT_PID_VAR, WorkerSettings
+from streams.state_keeper import StateKeeper
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,21 @@ class SinkHost(Service):
         if self.sink is not None:
             await self.sink.stop()
             log.info("sink.stopped")
+
+
+class StateKeeperHost(Service):
+    """`streams.state_keeper.StateKeeper` beside the processor: `agent.state` follows `agent.control`."""
+
+    def __init__(self, settings: WorkerSettings, topic_prefix: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keeper = StateKeeper(settings.bootstrap, Topics(topic_prefix), settings.kafka,
+                                  group_id=f"{settings.app_id}-state")
+
+    async def on_start(self) -> None:
+        await self.keeper.start()
+
+    async def on_stop(self) -> None:
+        await self.keeper.stop()
 
 
 class SinkProcess(Service):
@@ -153,5 +169,7 @@ def run(settings: WorkerSettings, topic_prefix: str = "", parent_pid: int | None
         return
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     processor = Processor(settings, topic_prefix=topic_prefix, status_file=processor_status_file(settings))
-    services = [SinkProcess(settings, topic_prefix)] if settings.role == "all" else []
+    services: list[Service] = [StateKeeperHost(settings, topic_prefix)]
+    if settings.role == "all":
+        services.append(SinkProcess(settings, topic_prefix))
     faust.Worker(processor.app, *services, **options).execute_from_commandline()

@@ -4,6 +4,10 @@ msgspec reports errors as "Expected `int` >= 0 - at `$.input_tokens`"; callers (
 processor's dead-letter path, the CLI) want the field and the reason apart, so every
 failure is re-raised as `BadInput`. Checks msgspec cannot express (timestamps too far
 ahead of the clock, duplicate ids in a batch) live here too.
+
+Nothing else escapes a decoder: not JSON, wrong Python types (None, str, buffers are taken),
+invalid UTF-8, nesting past `MAX_DEPTH`, anything msgspec or Python raises on the way
+(RecursionError included) becomes `BadInput`, so one message can never stop a reader.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import msgspec
 from schemas.clock import system_ms
 from schemas.errors import BadInput
 from schemas.contract import (
+    AgentStateRecord,
     ControlCommand,
     Decision,
     DeadLetter,
@@ -28,6 +33,19 @@ T = TypeVar("T")
 
 DEFAULT_MAX_FUTURE_MS = 5 * 60 * 1000  # clock skew we tolerate from agents
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Containers open at once, the message itself included (the contract needs 4: batch, events,
+# event, tags). Unknown fields are skipped by msgspec recursively; ~1,000 levels (2 KB) made it
+# raise RecursionError, and how deep it gets depends on the caller's stack, so the limit is ours.
+MAX_DEPTH = 64
+_TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels"
+SCAN_BYTES = 4096  # larger messages are always depth-scanned (see `_Decoder._decode`)
+_RUN_TOO_DEEP = b"[" * (MAX_DEPTH + 1)
+# `check_depth` deletes every byte but brackets and quotes; `{`/`}` become `[`/`]` (only the
+# number of open containers matters).
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+_STRING = re.compile(rb'"[^"]*"')  # on those bytes, once escapes are gone: a string and its brackets
+_BOUNDARY_ESCAPE = re.compile(rb'\\[\\"]')  # `\\` and `\"`, read from the left as JSON does
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
@@ -47,22 +65,102 @@ def _bad_input(err: msgspec.MsgspecError) -> BadInput:
     return BadInput(path or "$", reason)
 
 
+def _as_bad_input(err: Exception) -> BadInput:
+    """Whatever decoding raised, as bad input (a message must never stop its reader)."""
+    if isinstance(err, BadInput):
+        return err
+    if isinstance(err, msgspec.DecodeError):
+        return _bad_input(err)
+    if isinstance(err, UnicodeDecodeError):  # msgspec lets invalid UTF-8 inside strings through as this
+        return BadInput("$", f"invalid UTF-8 at byte {err.start}")
+    if isinstance(err, RecursionError):
+        return BadInput("$", _TOO_DEEP)
+    return BadInput("$", f"cannot decode: {type(err).__name__}: {err}"[:300])
+
+
+def _as_bytes(raw: object) -> bytes:
+    if raw is None:  # a Kafka tombstone
+        return b""
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")  # a lone surrogate then fails as invalid UTF-8
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw)
+    raise BadInput("$", f"expected JSON bytes, got {type(raw).__name__}")
+
+
+def check_depth(raw: bytes) -> None:
+    """BadInput when JSON `raw` nests containers deeper than MAX_DEPTH (brackets inside strings
+    do not count). C byte operations only, no Python loop per byte:
+
+    1. escapes: only `\\\\` and `\\"` can move where a string ends; a regex drops them, read from
+       the left as JSON reads them (skipped without a backslash: a memchr);
+    2. keep only brackets and quotes (`translate`, `{}` mapped to `[]`). A string without
+       brackets is now `""`; when every quote is in such a pair (`count('"') == 2 *
+       count('""')`, both non-overlapping from the left) dropping the quotes leaves the
+       structure. Otherwise some strings hold brackets: dropping the `""` pairs first (empty
+       strings, or two strings with nothing between them, whose contents then go together)
+       leaves few strings for the regex that cuts them out;
+    3. MAX_DEPTH + 1 openers in a row are too deep at once; otherwise each
+       `replace(b"[]", b"")` removes exactly the innermost level (every container without
+       children), so the number of rounds that empty it is the depth. Unbalanced brackets
+       are not JSON: what is left then (`]]..[[`) bounds the depth msgspec could reach before
+       it finds the error, and msgspec reports the error when that is shallow.
+    """
+    if 92 in raw:  # a backslash
+        raw = _BOUNDARY_ESCAPE.sub(b"", raw)
+    kept = raw.translate(_BRACES_AS_BRACKETS, _NOT_STRUCTURE)
+    quotes = kept.count(b'"')
+    if quotes:
+        if quotes != 2 * kept.count(b'""'):
+            kept = _STRING.sub(b"", kept.replace(b'""', b""))
+        kept = kept.translate(None, b'"')  # and an unterminated string's quote (not JSON)
+    if _RUN_TOO_DEEP in kept:
+        raise BadInput("$", _TOO_DEEP)
+    depth = 0
+    while kept:
+        inner = kept.replace(b"[]", b"")
+        if len(inner) == len(kept):
+            if depth + kept.count(b"[") > MAX_DEPTH:
+                raise BadInput("$", _TOO_DEEP)
+            return
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise BadInput("$", _TOO_DEEP)
+        kept = inner
+
+
 class _Decoder:
-    """Shared msgspec plumbing: size limit, error translation."""
+    """Shared msgspec plumbing: size and depth limits, error translation."""
 
     def __init__(self, kind: Any, max_bytes: int) -> None:
         self._decoder = msgspec.json.Decoder(kind)
         self._max_bytes = max_bytes
 
     def _decode(self, raw: bytes | str) -> Any:
-        if len(raw) > self._max_bytes:
-            raise BadInput("", f"message of {len(raw)} bytes exceeds the {self._max_bytes}-byte limit")
+        """The decoded message, or BadInput; never anything else (MemoryError aside).
+
+        The depth scan (`check_depth`) costs ~40% of decoding a batch, so a small message runs
+        it only when it could be too deep: more than MAX_DEPTH `{` and `[` in all. A single
+        usage event has one or two, so it pays one `count` of `{` and a memchr for `[` (~0.17
+        µs of ~0.6). A message over SCAN_BYTES (a batch of ~15 events or more) is scanned
+        without counting first: the count would cost as much as the scan's first pass."""
         try:
+            if type(raw) is not bytes:
+                raw = _as_bytes(raw)
+            size = len(raw)
+            if size > self._max_bytes:
+                raise BadInput("", f"message of {size} bytes exceeds the {self._max_bytes}-byte limit")
+            if size > SCAN_BYTES:
+                check_depth(raw)
+            elif (opened := raw.count(b"{")) > MAX_DEPTH or (91 in raw and opened + raw.count(b"[") > MAX_DEPTH):
+                check_depth(raw)  # 91: `[`, found by memchr (`b"[" in raw` takes the slower search)
             return self._decoder.decode(raw)
-        except msgspec.DecodeError as err:
-            raise _bad_input(err) from None
-        except UnicodeDecodeError as err:  # msgspec lets invalid UTF-8 inside strings through as this
-            raise BadInput("$", f"invalid UTF-8 at byte {err.start}") from None
+        except BadInput:
+            raise
+        except MemoryError:
+            raise
+        except Exception as err:  # msgspec's errors, RecursionError, TypeError...: this message's fault
+            raise _as_bad_input(err) from None
 
 
 class UsageDecoder(_Decoder):
@@ -94,13 +192,19 @@ class UsageDecoder(_Decoder):
         """Many messages (a fetch): the valid events, the index of each one's message, and each
         bad message's index and error. The clock is read once per call: the sink's hot loop."""
         limit = self._now_ms() + self._max_future_ms
-        checked, single = self._decode, UsageEvent
+        checked, decode, single = self._decode, self._decoder.decode, UsageEvent
+        small = min(SCAN_BYTES, self._max_bytes)
         events: list[UsageEvent] = []
         index: list[int] = []
         bad: list[tuple[int, BadInput]] = []
         for i, value in enumerate(values):
             try:
-                msg = checked(value or b"")
+                # `_decode`'s checks inlined for the common message that cannot be too big or too
+                # deep (bytes, small, no `[`, few `{`): a call less per message pays for the count
+                if type(value) is bytes and len(value) <= small and 91 not in value and value.count(b"{") <= MAX_DEPTH:
+                    msg = decode(value)
+                else:
+                    msg = checked(value)
                 if type(msg) is single:
                     if msg.ts_ms > limit:
                         raise self._future(msg, "ts_ms")
@@ -112,6 +216,10 @@ class UsageDecoder(_Decoder):
                     index += [i] * len(batch)
             except BadInput as err:
                 bad.append((i, err))
+            except MemoryError:
+                raise
+            except Exception as err:  # noqa: BLE001 - msgspec's errors from the inlined path; never anything else
+                bad.append((i, _as_bad_input(err)))
         return events, index, bad
 
     def _batch_events(self, msg: UsageBatch, limit: int) -> list[UsageEvent]:
@@ -142,6 +250,7 @@ decode_decision = MessageDecoder(Decision).decode
 decode_control = MessageDecoder(ControlCommand).decode
 decode_policy = MessageDecoder(Policy).decode
 decode_deadletter = MessageDecoder(DeadLetter).decode
+decode_agent_state = MessageDecoder(AgentStateRecord).decode
 
 _encoder = msgspec.json.Encoder()
 

@@ -143,6 +143,26 @@ class ControlCommand(Struct, tag="control", tag_field="type", kw_only=True, omit
     v: Version = SCHEMA_VERSION
 
 
+FLEET_KEY = "__fleet__"  # the `agent.state` key of fleet-wide state (a global pause of noncritical agents)
+MAX_STATE_COMMANDS = 256
+
+
+def team_key(team: str) -> str:
+    """The `agent.state` key of one team's state (a team pause of its noncritical agents)."""
+    return f"__team__:{team}"
+
+
+class AgentStateRecord(Struct, tag="agent_state", tag_field="type", kw_only=True, omit_defaults=True):
+    """One agent's enforcement state on the compacted `agent.state` topic (key: `agent_id`, or
+    `FLEET_KEY` / `team_key(team)`): the control commands still in force, as they were sent
+    (signatures included), so an agent that starts reads what it must obey and can verify it."""
+
+    agent_id: Name
+    ts_ms: TimestampMs
+    commands: Annotated[list[ControlCommand], Meta(max_length=MAX_STATE_COMMANDS)] = []
+    v: Version = SCHEMA_VERSION
+
+
 class Limits(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """A budget. USD limits travel as integer nano-dollars so they stay exact."""
 
@@ -160,8 +180,21 @@ PolicyScope = Literal["global", "default_agent", "agent", "user", "team", "rule"
 class Policy(Struct, tag="policy", tag_field="type", kw_only=True, omit_defaults=True):
     """A budget or rule setting as an event on the compacted `budget.policies` topic.
 
-    The Kafka key is `policy_id` (`{scope}:{subject}`); `deleted` removes the override.
-    For scope `rule`, `subject` is the rule name and `params` its settings.
+    The Kafka key is `policy_id` (`{scope}:{subject}`). For scope `rule`, `subject` is the
+    rule name and `params` its settings, laid over the rule's current ones.
+
+    `overlay` (optional, added in v1; records without it keep their first meaning):
+    - true: `limits` holds only the fields this override sets, each laid over the subject's
+      current entry; the fields named in `unset` are removed (a budget field: no own limit;
+      a rule param: back to the rules file's value); `deleted` drops the override, back to
+      the rules file's entry.
+    - false (older records): `limits` replaces the subject's whole entry and `deleted`
+      removes the entry (the rules file's included).
+    The topic is compacted by key, so each record carries the key's whole override (every
+    field set or unset so far), never only the change. The change itself is the audit trail,
+    kept in ClickHouse's `policies` table: `author` (who), `reason`, `changed` (the fields
+    the command named) and `before` / `after` (the subject's limits or rule params in force,
+    as the publisher computed them).
     """
 
     policy_id: Name
@@ -172,6 +205,12 @@ class Policy(Struct, tag="policy", tag_field="type", kw_only=True, omit_defaults
     params: dict[str, float] = {}
     deleted: bool = False
     author: OptName = ""
+    overlay: bool = False
+    unset: list[OptName] = []
+    changed: list[OptName] = []
+    before: dict[str, bool | int | float | str] = {}
+    after: dict[str, bool | int | float | str] = {}
+    reason: Text = ""
     v: Version = SCHEMA_VERSION
 
 

@@ -13,6 +13,7 @@ DECISIONS = "budget.decisions"
 CONTROL = "agent.control"
 POLICIES = "budget.policies"
 DEADLETTER = "usage.deadletter"
+STATE = "agent.state"  # compacted: each agent's enforcement state, read by agents at start
 ROLLUPS = "budget.rollups"  # internal: per-partition snapshots for the cross-partition merger
 
 DEFAULT_PARTITIONS = 4
@@ -52,6 +53,10 @@ class Topics:
         return self.prefix + DEADLETTER
 
     @property
+    def state(self) -> str:
+        return self.prefix + STATE
+
+    @property
     def rollups(self) -> str:
         return self.prefix + ROLLUPS
 
@@ -60,9 +65,9 @@ class Topics:
         return [self.usage, self.decisions, self.control, self.policies, self.deadletter]
 
     def specs(self, partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
-        """Usage and control share a partition count so one agent's traffic stays on one partition;
-        policies are compacted (the latest per key is the current setting); the merger reads one
-        partition of rollups."""
+        """Usage, control and state share a partition count so one agent's traffic stays on one
+        partition; policies and agent state are compacted (the latest per key is current); the
+        merger reads one partition of rollups."""
         compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
         return [
             TopicSpec(self.usage, partitions),
@@ -70,5 +75,6 @@ class Topics:
             TopicSpec(self.control, partitions),
             TopicSpec(self.policies, 1, compacted),
             TopicSpec(self.deadletter, partitions),
+            TopicSpec(self.state, partitions, compacted),
             TopicSpec(self.rollups, 1),
         ]

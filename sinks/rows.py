@@ -31,7 +31,10 @@ CONTROL_COLUMNS: tuple[str, ...] = (
     "decision_id", "command", "ts_ms", "agent_id", "task_id", "model", "reason", "expires_ms",
     "delay_ms", "signed",
 )
-POLICY_COLUMNS: tuple[str, ...] = ("policy_id", "ts_ms", "scope", "subject", "limits", "params", "deleted", "author")
+POLICY_COLUMNS: tuple[str, ...] = (
+    "policy_id", "ts_ms", "scope", "subject", "limits", "params", "deleted", "author",
+    "overlay", "unset_fields", "changed_fields", "fields_before", "fields_after", "reason",
+)
 DEADLETTER_COLUMNS: tuple[str, ...] = (
     "topic", "partition", "offset", "event_id", "ts_ms", "reason", "field", "key", "raw",
 )
@@ -208,7 +211,11 @@ def control_row(c: ControlCommand) -> tuple[Any, ...]:
 
 def policy_row(p: Policy) -> tuple[Any, ...]:
     limits = _json.encode(p.limits).decode() if p.limits is not None else ""
-    return (p.policy_id, p.ts_ms, p.scope, p.subject, limits, _json.encode(p.params).decode(), int(p.deleted), p.author)
+    return (
+        p.policy_id, p.ts_ms, p.scope, p.subject, limits, _json.encode(p.params).decode(), int(p.deleted), p.author,
+        int(p.overlay), _json.encode(p.unset).decode(), _json.encode(p.changed).decode(),
+        _json.encode(p.before).decode(), _json.encode(p.after).decode(), p.reason,
+    )
 
 
 def deadletter_row(d: DeadLetter, event_id: str = "") -> tuple[Any, ...]:

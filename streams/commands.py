@@ -1,7 +1,8 @@
 """Decision → control commands for the agents that must obey it.
 
-`pause_noncritical` pauses each known noncritical agent and never a critical one; a
-critical agent's own overrun is only notified (rules.py). Commands are HMAC-signed when a
+`pause_noncritical` pauses each known noncritical agent and never a critical one, and
+pauses the fleet's (or the team's) key of `agent.state` too, so a noncritical agent that
+starts later is paused as well; a critical agent's own overrun is only notified (rules.py). Commands are HMAC-signed when a
 control key is configured, so agents can refuse commands that did not come from here.
 """
 from __future__ import annotations
@@ -22,8 +23,10 @@ def commands_for(
     expires_ms: int | None = None,
     model: str = "",
     control_key: bytes | None = None,
+    state_key: str = "",
 ) -> list[ControlCommand]:
-    """The commands a decision implies. `targets`: the agents a fleet-wide action reaches."""
+    """The commands a decision implies. `targets`: the agents a fleet-wide action reaches;
+    `state_key`: the `agent.state` key (FLEET_KEY, team_key) that late starters read."""
     base = {"reason": decision.message, "decision_id": decision.decision_id, "ts_ms": decision.ts_ms}
     action = decision.action
     cmds: list[ControlCommand] = []
@@ -37,6 +40,8 @@ def commands_for(
             for a in sorted(targets, key=lambda a: a.agent_id)
             if a.criticality != "critical"
         )
+        if state_key:
+            cmds.append(ControlCommand(command="pause_agent", agent_id=state_key, expires_ms=expires_ms, **base))
     elif action == "throttle":
         cmds.extend(
             ControlCommand(command="throttle", agent_id=a.agent_id, delay_ms=THROTTLE_DELAY_MS, expires_ms=expires_ms, **base)

@@ -112,8 +112,9 @@ async def read_compacted(
                                 auto_offset_reset="earliest", **security.client_options())
     await consumer.start()
     try:
-        await consumer.topics()  # loads metadata
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        # the consumer's own metadata lists only topics it already reads: ask the cluster
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
         if not parts and not follow:
             if on_caught_up is not None:
                 on_caught_up()

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from schemas.contract import ControlCommand, Decision, Limits
+from schemas.contract import FLEET_KEY, ControlCommand, Decision, Limits, team_key
 from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
 from streams.rules import Emitter, dim_decisions
@@ -111,8 +111,9 @@ class Merger:
             for d in dim_decisions(self.emitter, self.fired, dim, name, limits, day_start, day_end, tokens, nano, at_ms):
                 self.recent.append(d)
                 out.decisions.append(d)
+                state_key = FLEET_KEY if dim == "global" else team_key(name) if dim == "team" else ""
                 out.commands.extend(commands_for(d, targets=self._targets(dim, subject, at_ms), expires_ms=day_end,
-                                                 control_key=self.control_key))
+                                                 control_key=self.control_key, state_key=state_key))
         if len(self.fired) != fired_before:
             cutoff = self.now_ms() - 3 * 86_400_000
             self.fired = {k: v for k, v in self.fired.items() if v >= cutoff}

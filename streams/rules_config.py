@@ -1,7 +1,9 @@
 """Budgets and rule thresholds: the YAML rules file, and live changes from `budget.policies`.
 
-The file is read once at start; each Policy event then replaces one budget (or one rule's
-parameters) and bumps `version`, which every decision carries as `policy_version`.
+The file is read once at start; each Policy event then changes one budget (or one rule's
+parameters) and bumps `version`, which every decision carries as `policy_version`. What the
+file said is kept beside (`file_budgets`, `file_rules`) so that deleting an override goes
+back to it. `apply_policy` documents the two meanings of a Policy (overlay or replace).
 """
 from __future__ import annotations
 
@@ -69,11 +71,19 @@ class Budgets(Struct, forbid_unknown_fields=True):
     teams: dict[str, Limits] = {}
 
 
+LIMIT_FIELDS: tuple[str, ...] = Limits.__struct_fields__
+_BASELINE_KEYS = ("file_budgets", "file_rules")
+
+
 class RulesConfig(Struct, forbid_unknown_fields=True):
     timezone: str = "UTC"
     budgets: Budgets = msgspec.field(default_factory=Budgets)
     rules: RuleSettings = msgspec.field(default_factory=RuleSettings)
     version: int = 0  # bumped by every applied policy
+    # what the rules file said (set by parse_rules, never by the file itself): a deleted
+    # override goes back to it; None (a config built in code): the built-in defaults
+    file_budgets: Budgets | None = None
+    file_rules: RuleSettings | None = None
 
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -83,10 +93,11 @@ class RulesConfig(Struct, forbid_unknown_fields=True):
         own = self.budgets.agents.get(agent_id)
         if own is None:
             return self.budgets.default_agent
-        return _overlay(self.budgets.default_agent, own)
+        return overlay_limits(self.budgets.default_agent, own)
 
 
-def _overlay(base: Limits, top: Limits) -> Limits:
+def overlay_limits(base: Limits, top: Limits) -> Limits:
+    """`base` with every field `top` sets replaced."""
     merged = msgspec.structs.asdict(base)
     merged.update({k: v for k, v in msgspec.structs.asdict(top).items() if v is not None})
     return Limits(**merged)
@@ -123,6 +134,9 @@ def parse_rules(raw: dict[str, Any] | None) -> RulesConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("rules file", "expected a mapping at the top level")
+    for key in _BASELINE_KEYS:
+        if key in raw:
+            raise ConfigError(key, "not a rules file setting")
     try:
         config = msgspec.convert(_normalize_budgets(raw), RulesConfig, strict=False)
     except msgspec.ValidationError as err:
@@ -131,7 +145,7 @@ def parse_rules(raw: dict[str, Any] | None) -> RulesConfig:
         config.tz()
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError("timezone", f"unknown time zone {config.timezone!r}") from None
-    return config
+    return msgspec.structs.replace(config, file_budgets=config.budgets, file_rules=config.rules)
 
 
 def load_rules(path: Path | str | None) -> RulesConfig:
@@ -149,30 +163,76 @@ def load_rules(path: Path | str | None) -> RulesConfig:
         raise ConfigError(f"rules file {path}", f"not valid YAML ({err})") from None
 
 
+_GROUPS = {"agent": "agents", "user": "users", "team": "teams"}
+
+
+def budget_entry(budgets: Budgets, scope: str, subject: str) -> Limits | None:
+    """The entry a budget policy's key names (None: an agent, user or team without one)."""
+    if scope == "global":
+        return budgets.global_
+    if scope == "default_agent":
+        return budgets.default_agent
+    return getattr(budgets, _GROUPS[scope]).get(subject)
+
+
+def _with_entry(budgets: Budgets, scope: str, subject: str, limits: Limits | None) -> Budgets:
+    if scope == "global":
+        return msgspec.structs.replace(budgets, global_=limits or Limits())
+    if scope == "default_agent":
+        return msgspec.structs.replace(budgets, default_agent=limits or Limits())
+    group = dict(getattr(budgets, _GROUPS[scope]))
+    if limits is None or limits == Limits():
+        group.pop(subject, None)  # an empty entry is no entry: an agent falls back to default_agent
+    else:
+        group[subject] = limits
+    return msgspec.structs.replace(budgets, **{_GROUPS[scope]: group})
+
+
+def without_fields(limits: Limits, names: list[str] | tuple[str, ...]) -> Limits:
+    unknown = [n for n in names if n not in LIMIT_FIELDS]
+    if unknown:
+        raise ConfigError("unset", f"unknown budget field {unknown[0]!r} (one of {', '.join(LIMIT_FIELDS)})")
+    return msgspec.structs.replace(limits, **{n: None for n in names})
+
+
 def apply_policy(config: RulesConfig, policy: Policy) -> RulesConfig:
-    """A new config with the policy applied (pure: the caller swaps it in and logs the change)."""
+    """A new config with the policy applied (pure: the caller swaps it in and logs the change).
+
+    `policy.overlay` (what `budget set|unset|delete` publish): its `limits` are laid over the
+    subject's current entry (rules file + earlier policies), field by field; the fields in
+    `unset` are removed; `deleted` puts the rules file's entry back. Without `overlay` (records
+    from before it existed) a policy keeps its first meaning: `limits` replace the whole entry
+    and `deleted` removes it. Rule params are always laid over the rule's current settings;
+    with `overlay`, `unset` params and `deleted` go back to the rules file's values.
+    """
     budgets = config.budgets
     rules = config.rules
-    limits = policy.limits or Limits()
-    if policy.scope == "global":
-        budgets = msgspec.structs.replace(budgets, global_=Limits() if policy.deleted else limits)
-    elif policy.scope == "default_agent":
-        budgets = msgspec.structs.replace(budgets, default_agent=Limits() if policy.deleted else limits)
-    elif policy.scope in ("agent", "user", "team"):
-        group_name = {"agent": "agents", "user": "users", "team": "teams"}[policy.scope]
-        group = dict(getattr(budgets, group_name))
-        if policy.deleted:
-            group.pop(policy.subject, None)
-        else:
-            group[policy.subject] = limits
-        budgets = msgspec.structs.replace(budgets, **{group_name: group})
-    elif policy.scope == "rule":
+    if policy.scope == "rule":
         current = getattr(rules, policy.subject, None)
         if current is None:
             raise ConfigError("subject", f"unknown rule {policy.subject!r}")
+        from_file = getattr(config.file_rules or RuleSettings(), policy.subject)
+        values = {**msgspec.structs.asdict(current), **policy.params}
+        if policy.overlay and policy.deleted:
+            values = msgspec.structs.asdict(from_file)
+        elif policy.overlay:
+            for name in policy.unset:
+                if name not in values:
+                    raise ConfigError("unset", f"rule {policy.subject} has no param {name!r}")
+                values[name] = getattr(from_file, name)
         try:
-            updated = msgspec.convert({**msgspec.structs.asdict(current), **policy.params}, type(current), strict=False)
+            updated = msgspec.convert(values, type(current), strict=False)
         except msgspec.ValidationError as err:
             raise ConfigError("params", str(err)) from None
         rules = msgspec.structs.replace(rules, **{policy.subject: updated})
+    elif policy.scope in ("global", "default_agent", *_GROUPS):
+        limits = policy.limits or Limits()
+        if not policy.overlay:
+            entry: Limits | None = None if policy.deleted else limits
+        elif policy.deleted:
+            entry = budget_entry(config.file_budgets or Budgets(), policy.scope, policy.subject)
+        else:
+            current_entry = budget_entry(budgets, policy.scope, policy.subject) or Limits()
+            entry = without_fields(overlay_limits(current_entry, limits), policy.unset)
+        budgets = _with_entry(budgets, policy.scope, policy.subject, entry)
     return msgspec.structs.replace(config, budgets=budgets, rules=rules, version=config.version + 1)

@@ -8,6 +8,7 @@ CLICKHOUSE_URL) live here but are never logged: `describe()` is the loggable vie
 """
 from __future__ import annotations
 
+import getpass
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ ENV_VARS: dict[str, str] = {
     "BUDGETWARDEN_ROLLUP_TTL_DAYS": "days the hourly and daily rollups are kept (default: forever)",
     "BUDGETWARDEN_CACHE": "where `budgetwarden kafka fetch` keeps the Kafka jars (default .cache in the checkout)",
     "KAFKA_HEAP_OPTS": "JVM heap options of the local broker (default -Xms256m -Xmx1g)",
+    "BUDGETWARDEN_ACTOR": "who `budget set`, `unset` and `delete` record as the author of a change (default: the OS user)",
 }
 PARENT_PID_VAR = "BUDGETWARDEN_PARENT_PID"  # internal: a worker hands it to its sink child
 
@@ -70,6 +72,7 @@ class Environment:
     cache_dir: Path | None = None
     kafka_heap_opts: str | None = None
     parent_pid: int | None = None
+    actor: str = ""
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -96,7 +99,16 @@ class Environment:
             cache_dir=Path(get("BUDGETWARDEN_CACHE")) if get("BUDGETWARDEN_CACHE") else None,
             kafka_heap_opts=get("KAFKA_HEAP_OPTS") or None,
             parent_pid=_int(env, PARENT_PID_VAR),
+            actor=get("BUDGETWARDEN_ACTOR", "").strip() or _os_user(),
         )
+
+
+def _os_user() -> str:
+    """The OS user (`getpass.getuser`: LOGNAME, USER, ... then the password database), or ""."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name (a container's bare uid): say nothing rather than fail
+        return ""
 
 
 Role = Literal["all", "processor", "sink"]

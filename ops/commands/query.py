@@ -109,9 +109,16 @@ def register(app: typer.Typer) -> None:
         rules: Annotated[Path | None, typer.Option("--rules", help="Rules file (default: shipped defaults).")] = None,
         as_json: AsJson = False,
         data_dir: DataDir = None,
+        bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")] = "",
+        topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
-        """Budget vs actual today, for every budget in the rules file."""
-        rows = _run(data_dir, lambda a: a.status(), rules)
+        """Budget vs actual today, for every budget in force: the rules file with the published
+        policies (budget.policies) applied; the rules file alone when the broker is unreachable."""
+        from ops.commands.worker import limits_in_force, store_or_api
+        from sinks.queries import budget_status
+
+        config = limits_in_force(rules, bootstrap, topic_prefix)
+        rows = _run(data_dir, lambda a: budget_status(store_or_api(a), config), rules)
         if as_json:
             _print_json(rows)
             return

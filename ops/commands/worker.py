@@ -1,9 +1,11 @@
-"""`budgetwarden worker` (the processor + sink in the foreground) and `budgetwarden budget set|list`."""
+"""`budgetwarden worker` (the processor + sink in the foreground) and `budgetwarden budget set|unset|delete|list|history`."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -11,6 +13,139 @@ from ops.commands.common import console, default_bootstrap, environment, fail
 
 Bootstrap = Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")]
 Rules = Annotated[Optional[Path], typer.Option("--rules", help="Rules file (YAML); defaults built in")]
+TopicPrefix = Annotated[str, typer.Option("--topic-prefix", hidden=True)]
+Agent = Annotated[Optional[str], typer.Option("--agent")]
+User = Annotated[Optional[str], typer.Option("--user")]
+Team = Annotated[Optional[str], typer.Option("--team")]
+Global = Annotated[bool, typer.Option("--global")]
+DefaultAgent = Annotated[bool, typer.Option("--default-agent")]
+Reason = Annotated[str, typer.Option("--reason", help="Why, kept in the budget history")]
+_HISTORY_SQL = """SELECT policy_id, ts_ms, scope, subject, limits, params, deleted, author, overlay, unset_fields,
+       changed_fields, fields_before, fields_after, reason
+FROM {db}.policies FINAL ORDER BY ts_ms, policy_id"""
+
+
+class _ApiSql:
+    """A running worker's store through its read-only SQL endpoint: enough of `Store` for a
+    named query whose parameters are integers (inlined: `/api/sql` takes no parameters)."""
+
+    def __init__(self, access: Any, database: str) -> None:
+        self.access = access
+        self.database = database
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, readonly: bool = False) -> list[dict[str, Any]]:
+        for name, value in (params or {}).items():
+            sql = sql.replace(f"{{{name}:Int64}}", str(int(value)))
+        return self.access.sql(sql)
+
+
+def store_or_api(access: Any) -> Any:
+    """What `budgetwarden status` queries: the store, or the worker's API when a worker holds it
+    (its own `/api/status` knows the rules file only, not the policies published since)."""
+    from sinks.store import DEFAULT_DATABASE
+
+    return access.store if access.api is None else _ApiSql(access, DEFAULT_DATABASE)  # a worker's API serves chDB's default database
+
+
+def limits_in_force(rules: Path | None, bootstrap: str = "", topic_prefix: str = "", wait_s: float = 10.0) -> Any:
+    """The rules file with every published policy applied (`effective_config`); the file alone,
+    with a note on stderr, when the broker does not answer within `wait_s`."""
+    from schemas.errors import ConfigError
+    from schemas.topics import Topics
+    from streams.policies import effective_config
+    from streams.rules_config import load_rules
+
+    try:
+        base = load_rules(rules)
+    except ConfigError as err:
+        fail(str(err))
+    server = bootstrap or default_bootstrap()
+    try:
+        return asyncio.run(asyncio.wait_for(
+            effective_config(server, base, Topics(topic_prefix), environment().kafka), wait_s))
+    except Exception as err:  # noqa: BLE001 - status still answers, from the rules file
+        sys.stderr.write(f"note: budget.policies not read from {server} ({type(err).__name__}): "
+                         "limits from the rules file only\n")
+        return base
+
+
+def _publish_change(options: dict[str, Any], reason: str, rules: Path | None, bootstrap: str, topic_prefix: str) -> None:
+    """Build the change, merge it into its key's published override and publish that (streams.policies)."""
+    from schemas.errors import ConfigError, PolicyError
+    from schemas.topics import Topics
+    from streams.policies import build_policy, publish_change
+    from streams.rules_config import load_rules
+
+    try:
+        change = build_policy(**options, reason=reason, author=environment().actor)
+        base = load_rules(rules)
+    except (PolicyError, ConfigError) as err:
+        fail(str(err))
+    server = bootstrap or default_bootstrap()
+    try:
+        record = asyncio.run(publish_change(server, change, base, Topics(topic_prefix), environment().kafka))
+    except (PolicyError, ConfigError) as err:
+        fail(str(err))
+    except Exception as err:  # noqa: BLE001 - one line, no traceback
+        fail(f"could not publish to {server}: {err}", 1)
+    what = "deleted" if record.deleted else "published"
+    console.print(f"{what} {record.policy_id}: {_diff(record.before, record.after, record.changed)}", highlight=False)
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any], changed: list[str]) -> str:
+    """`field: old → new` for each changed field (or each field that differs), `-` for none."""
+    names = [n for n in changed if before.get(n) != after.get(n)] or \
+        [n for n in sorted({*before, *after}) if before.get(n) != after.get(n)]
+    return "; ".join(f"{n}: {_show(n, before.get(n))} → {_show(n, after.get(n))}" for n in names) or "no change"
+
+
+def _show(name: str, value: Any) -> str:
+    from schemas.money import format_usd
+
+    if value is None:
+        return "-"
+    if name == "daily_nano_usd" and isinstance(value, int):
+        return f"${format_usd(value)}"
+    return str(value)
+
+
+def _history_rows(data_dir: Path | None) -> list[dict[str, Any]]:
+    """Every row of ClickHouse's `policies` table (the sink keeps each record the topic carried)."""
+    from datetime import datetime, timezone
+
+    from sinks.access import Access, AccessError
+    from sinks.sqlguard import RefusedSQL
+    from sinks.store import DEFAULT_DATABASE, StoreError
+    from streams.settings import WorkerSettings
+
+    access = Access(WorkerSettings.from_env(environment(), data_dir=data_dir))
+    try:
+        database = DEFAULT_DATABASE if access.api else access.store.database
+        raw = access.sql(_HISTORY_SQL.replace("{db}", database))
+    except (AccessError, StoreError, RefusedSQL, ValueError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    finally:
+        access.close()
+
+    def parsed(text: Any, empty: Any) -> Any:
+        try:
+            return json.loads(text) if text else empty
+        except ValueError:
+            return empty
+
+    rows = []
+    for r in raw:
+        ts = int(r["ts_ms"])
+        rows.append({
+            "policy_id": r["policy_id"], "ts_ms": ts,
+            "when": datetime.fromtimestamp(ts / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "scope": r["scope"], "subject": r["subject"], "author": r["author"], "reason": r["reason"],
+            "deleted": bool(int(r["deleted"])), "overlay": bool(int(r["overlay"])),
+            "limits": parsed(r["limits"], None), "params": parsed(r["params"], {}),
+            "unset": parsed(r["unset_fields"], []), "changed": parsed(r["changed_fields"], []),
+            "before": parsed(r["fields_before"], {}), "after": parsed(r["fields_after"], {}),
+        })
+    return rows
 
 
 def register(app: typer.Typer) -> None:
@@ -51,11 +186,8 @@ def register(app: typer.Typer) -> None:
 
     @budget.command("set")
     def budget_set(
-        agent: Annotated[Optional[str], typer.Option("--agent")] = None,
-        user: Annotated[Optional[str], typer.Option("--user")] = None,
-        team: Annotated[Optional[str], typer.Option("--team")] = None,
-        global_: Annotated[bool, typer.Option("--global")] = False,
-        default_agent: Annotated[bool, typer.Option("--default-agent")] = False,
+        agent: Agent = None, user: User = None, team: Team = None, global_: Global = False,
+        default_agent: DefaultAgent = False,
         rule: Annotated[Optional[str], typer.Option("--rule", help="Rule name, with --param k=v")] = None,
         param: Annotated[Optional[list[str]], typer.Option("--param", help="k=v for --rule (repeatable)")] = None,
         daily_tokens: Annotated[Optional[int], typer.Option("--daily-tokens", min=0)] = None,
@@ -64,28 +196,83 @@ def register(app: typer.Typer) -> None:
         task_tokens: Annotated[Optional[int], typer.Option("--task-tokens", min=0)] = None,
         step_tokens: Annotated[Optional[int], typer.Option("--step-tokens", min=0)] = None,
         criticality: Annotated[Optional[str], typer.Option("--criticality", help="critical | normal")] = None,
-        delete: Annotated[bool, typer.Option("--delete", help="Remove the override")] = False,
+        delete: Annotated[bool, typer.Option("--delete", help="Remove the override (same as budget delete)")] = False,
+        reason: Reason = "",
+        rules: Rules = None,
         bootstrap: Bootstrap = "",
-        topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
+        topic_prefix: TopicPrefix = "",
     ) -> None:
-        """Publish a budget (or rule setting); running workers apply it without a restart."""
-        from schemas.errors import PolicyError
-        from schemas.topics import Topics
-        from streams.policies import build_policy, publish
+        """Change only the fields given (the others, criticality included, stay); running workers apply it live."""
+        _publish_change(dict(
+            agent=agent, user=user, team=team, global_=global_, default_agent=default_agent, rule=rule,
+            params=param or [], daily_tokens=daily_tokens, daily_usd=daily_usd, hourly_tokens=hourly_tokens,
+            task_tokens=task_tokens, step_tokens=step_tokens, criticality=criticality, delete=delete,
+        ), reason, rules, bootstrap, topic_prefix)
 
-        try:
-            policy = build_policy(
-                agent=agent, user=user, team=team, global_=global_, default_agent=default_agent, rule=rule,
-                params=param or [], daily_tokens=daily_tokens, daily_usd=daily_usd, hourly_tokens=hourly_tokens,
-                task_tokens=task_tokens, step_tokens=step_tokens, criticality=criticality, delete=delete,
-            )
-        except PolicyError as err:
-            fail(str(err))
-        try:
-            asyncio.run(publish(bootstrap or default_bootstrap(), policy, Topics(topic_prefix), environment().kafka))
-        except Exception as err:  # noqa: BLE001 - one line, no traceback
-            fail(f"could not publish to {bootstrap or default_bootstrap()}: {err}", 1)
-        console.print(f"published {policy.policy_id}", highlight=False)
+    @budget.command("unset")
+    def budget_unset(
+        field: Annotated[list[str], typer.Option("--field", help="Field to remove, e.g. hourly_tokens (repeatable)")],
+        agent: Agent = None, user: User = None, team: Team = None, global_: Global = False,
+        default_agent: DefaultAgent = False,
+        rule: Annotated[Optional[str], typer.Option("--rule", help="Rule name: its param goes back to the rules file")] = None,
+        reason: Reason = "",
+        rules: Rules = None,
+        bootstrap: Bootstrap = "",
+        topic_prefix: TopicPrefix = "",
+    ) -> None:
+        """Remove fields: that scope has no own limit for them (an agent falls back to default_agent)."""
+        _publish_change(dict(agent=agent, user=user, team=team, global_=global_, default_agent=default_agent,
+                             rule=rule, unset=field), reason, rules, bootstrap, topic_prefix)
+
+    @budget.command("delete")
+    def budget_delete(
+        agent: Agent = None, user: User = None, team: Team = None, global_: Global = False,
+        default_agent: DefaultAgent = False,
+        rule: Annotated[Optional[str], typer.Option("--rule", help="Rule name: back to the rules file's settings")] = None,
+        reason: Reason = "",
+        rules: Rules = None,
+        bootstrap: Bootstrap = "",
+        topic_prefix: TopicPrefix = "",
+    ) -> None:
+        """Remove the whole live override: back to the rules file's entry (or default_agent)."""
+        _publish_change(dict(agent=agent, user=user, team=team, global_=global_, default_agent=default_agent,
+                             rule=rule, delete=True), reason, rules, bootstrap, topic_prefix)
+
+    @budget.command("history")
+    def budget_history(
+        agent: Agent = None, user: User = None, team: Team = None, global_: Global = False,
+        default_agent: DefaultAgent = False,
+        rule: Annotated[Optional[str], typer.Option("--rule")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N changes")] = 50,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Worker data dir")] = None,
+    ) -> None:
+        """Every budget change, oldest first: when, who, why, the fields before and after (ClickHouse `policies`)."""
+        from schemas.contract import policy_key
+
+        picked = [(s, n) for s, n in (("agent", agent), ("user", user), ("team", team), ("rule", rule)) if n] + \
+                 [(s, "") for s, on in (("global", global_), ("default_agent", default_agent)) if on]
+        if len(picked) > 1:
+            fail("give at most one of --agent, --user, --team, --global, --default-agent, --rule")
+        key = policy_key(*picked[0]) if picked else None
+        rows = [r for r in _history_rows(data_dir) if key is None or r["policy_id"] == key][-limit:]
+        if as_json:
+            sys.stdout.write(json.dumps(rows) + "\n")
+            return
+        from rich.table import Table
+
+        table = Table("when (UTC)", "who", "key", "change", "before → after", "reason", title="budget history")
+        for r in rows:
+            if r["deleted"]:
+                what = "delete"
+            else:
+                what = ", ".join(f"unset {f}" if f in r["unset"] else f for f in r["changed"]) or "set"
+            if r["before"] or r["after"]:
+                shown = _diff(r["before"], r["after"], r["changed"])
+            else:  # a record from before the audit fields: what it set
+                shown = json.dumps(r["limits"] or r["params"] or {})
+            table.add_row(r["when"], r["author"] or "-", r["policy_id"], what, shown, r["reason"] or "-")
+        console.print(table)
 
     @budget.command("list")
     def budget_list(

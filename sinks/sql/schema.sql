@@ -118,6 +118,8 @@ ORDER BY (agent_id, decision_id, command)
 {ttl};
 
 -- The audit trail of budget changes (the Kafka topic is compacted; this table keeps history).
+-- limits/params/unset_fields: the key's whole override after the change; changed_fields, the
+-- fields the command named; fields_before/after, what was in force (`budgetwarden budget history`).
 CREATE TABLE IF NOT EXISTS {db}.policies
 (
     policy_id String,
@@ -127,10 +129,25 @@ CREATE TABLE IF NOT EXISTS {db}.policies
     limits String,                   -- JSON of the Limits struct
     params String,                   -- JSON of the rule params
     deleted UInt8,
-    author String
+    author String,
+    overlay UInt8,                   -- 1: limits are laid over the entry, 0 (older records): they replace it
+    unset_fields String,             -- JSON list
+    changed_fields String,           -- JSON list
+    fields_before String,            -- JSON object
+    fields_after String,             -- JSON object
+    reason String
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (policy_id, ts_ms);
+
+-- The audit columns on a table created before them (a no-op on a new one).
+ALTER TABLE {db}.policies
+    ADD COLUMN IF NOT EXISTS overlay UInt8,
+    ADD COLUMN IF NOT EXISTS unset_fields String,
+    ADD COLUMN IF NOT EXISTS changed_fields String,
+    ADD COLUMN IF NOT EXISTS fields_before String,
+    ADD COLUMN IF NOT EXISTS fields_after String,
+    ADD COLUMN IF NOT EXISTS reason String;
 
 -- Bad input from either path (the sink's own decoder and the processor's usage.deadletter)
 -- collapses on the original message's coordinates.

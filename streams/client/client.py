@@ -32,7 +32,10 @@ import msgspec
 import structlog
 
 from schemas.clock import Clock, system_ms
-from schemas.contract import ControlCommand, UsageEvent
+from schemas.codec import decode_agent_state
+from schemas.contract import FLEET_KEY, ControlCommand, UsageEvent, team_key
+from schemas.errors import BadInput
+from schemas.topics import Topics
 from schemas.normalize import CanonicalUsage, normalize
 from schemas.pricing import PriceCatalog
 from streams.client.control import DEFAULT_GRACE_MS, ControlGate, ControlSubscriber
@@ -41,7 +44,7 @@ from streams.client.optimizer import TokenEstimator
 from streams.client.publisher import KafkaSender, Publisher, Sender
 from streams.client.spill import DEFAULT_MAX_BYTES, SpillQueue
 from streams.client.state import AgentState
-from streams.kafka import KafkaSecurity
+from streams.kafka import KafkaSecurity, read_compacted
 from streams.settings import Environment
 
 log = structlog.get_logger(__name__)
@@ -145,6 +148,8 @@ class BudgetClient:
         catalog: PriceCatalog | None = None,
         now_ms: Clock = system_ms,
         kafka: KafkaSecurity | None = None,
+        topics: Topics = Topics(),
+        state_timeout_s: float = 10.0,
     ) -> None:
         """Unset `control_key`, `spill_dir` and `kafka` come from the environment (`streams.settings`)."""
         if pause_mode not in ("wait", "raise"):
@@ -168,11 +173,16 @@ class BudgetClient:
         self._on_command = on_command
         self.state = AgentState(now_ms, catalog)
         self.spill = SpillQueue(spill_dir or default_spill_dir(env.spill_dir, agent_id), max_bytes=spill_max_bytes)
-        self.publisher = Publisher(sender or KafkaSender(bootstrap, **options), self.spill, queue_size=queue_size)
+        self.publisher = Publisher(sender or KafkaSender(bootstrap, topics.usage, **options), self.spill,
+                                   queue_size=queue_size)
+        self._kafka = kafka or env.kafka
+        self._topics = topics
+        self._state_timeout_s = state_timeout_s
+        self._gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms)
         self._subscriber: ControlSubscriber | None = None
         if follow_control:
-            gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms)
-            self._subscriber = ControlSubscriber(bootstrap, gate, self.handle_command, partitions, **options)
+            self._subscriber = ControlSubscriber(bootstrap, self._gate, self.handle_command, partitions,
+                                                 topics.control, **options)
         self._scopes: set[TaskScope] = set()
         self._killed_ids: OrderedDict[str, ControlCommand] = OrderedDict()
         self._resumed = asyncio.Event()
@@ -183,12 +193,62 @@ class BudgetClient:
 
     # lifecycle ------------------------------------------------------------------------------
     async def start(self) -> BudgetClient:
+        """Start publishing; with `follow_control`, follow `agent.control` and, before returning,
+        apply what `agent.state` says this agent must still obey (a pause, a kill, ...)."""
         await self.publisher.start()
         if self._subscriber is not None:
-            await self._subscriber.start()
+            await self._subscriber.start()  # first: what is sent while the state is read is not missed
+            await self._restore_state()
         log.info("client.started", agent_id=self.agent_id, signed_control=self._control_key is not None,
                  control_partition=self._subscriber.partition if self._subscriber else None)
         return self
+
+    def state_keys(self) -> set[str]:
+        """The `agent.state` keys this agent obeys: its own, the fleet's and its team's."""
+        return {self.agent_id, FLEET_KEY} | ({team_key(self.team)} if self.team else set())
+
+    async def _restore_state(self) -> None:
+        keys = self.state_keys()
+        found: dict[str, bytes] = {}
+
+        def keep(key: bytes | None, value: bytes | None) -> None:
+            name = key.decode("utf-8", "replace") if key is not None else ""
+            if name in keys:
+                if value is None:
+                    found.pop(name, None)
+                else:
+                    found[name] = value
+
+        try:
+            await asyncio.wait_for(read_compacted(self.bootstrap, self._topics.state, keep, security=self._kafka),
+                                   self._state_timeout_s)
+        except Exception as err:  # noqa: BLE001 - offline: start anyway, live commands still apply
+            log.warning("client.state.unreachable", agent_id=self.agent_id, error=repr(err))
+            return
+        for key, raw in sorted(found.items()):
+            for cmd in self.restorable(key, raw):
+                self.handle_command(cmd)
+
+    def restorable(self, key: str, raw: bytes) -> list[ControlCommand]:
+        """The commands of one `agent.state` record this agent must apply: genuine ones (the
+        gate checks signatures and expiry), and from the fleet's or team's key only pauses, only
+        for a noncritical agent."""
+        try:
+            record = decode_agent_state(raw)
+        except BadInput as err:
+            log.warning("client.state.refused", key=key, field=err.field, reason=err.reason)
+            return []
+        out = []
+        for cmd in record.commands:
+            if key != self.agent_id and (cmd.command != "pause_agent" or self.criticality == "critical"):
+                continue
+            refusal = self._gate.refusal(cmd, state_key=key)
+            if refusal is not None:
+                log.warning("client.state.refused", key=key, why=refusal, command=cmd.command,
+                            decision_id=cmd.decision_id)
+                continue
+            out.append(cmd)
+        return out
 
     async def close(self) -> None:
         if self._subscriber is not None:
@@ -228,6 +288,10 @@ class BudgetClient:
         killed = self._killed_ids.get(task_id)
         if killed is not None:
             raise TaskKilled(task_id, killed.reason, killed.decision_id)
+        await self._obey()
+
+    async def _obey(self) -> None:
+        """Paused -> wait for the resume (or AgentPaused with pause_mode="raise"); then the throttle's delay."""
         while (pause := self.state.paused()) is not None:
             if self.pause_mode == "raise":
                 raise AgentPaused(self.agent_id, pause.reason, pause.expires_ms)
@@ -237,16 +301,21 @@ class BudgetClient:
                 await asyncio.wait_for(self._resumed.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
-        await self.before_call()
-
-    async def before_call(self, estimated_tokens: int | None = None) -> None:
-        """Call before each model call: sleeps for the throttle delay in force (0 when not
-        throttled) and remembers `estimated_tokens` as the next recorded call's own estimate."""
-        if estimated_tokens is not None:
-            (self.current_task() or self).call_estimate = estimated_tokens
         delay = self.state.throttle_ms()
         if delay:
             await asyncio.sleep(delay / 1000)
+
+    async def before_call(self, estimated_tokens: int | None = None) -> None:
+        """Call before each model call, in a task or not. Raises TaskKilled in a killed task;
+        while the agent is paused waits for the resume (or raises AgentPaused with
+        pause_mode="raise"); sleeps for the throttle delay in force; and remembers
+        `estimated_tokens` as the next recorded call's own estimate. Local: no network hop."""
+        scope = self.current_task()
+        if scope is not None:
+            scope.check()
+        await self._obey()
+        if estimated_tokens is not None:
+            (scope or self).call_estimate = estimated_tokens
 
     def model_for(self, model: str) -> str:
         """The model to call instead of `model` while a downgrade is in force (else `model`)."""

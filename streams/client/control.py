@@ -50,9 +50,11 @@ class ControlGate:
         self._not_before_ms = now_ms() - grace_ms
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
-    def refusal(self, cmd: ControlCommand) -> str | None:
-        """None when `cmd` must be applied, otherwise the reason it is refused."""
-        if cmd.agent_id != self.agent_id:
+    def refusal(self, cmd: ControlCommand, state_key: str | None = None) -> str | None:
+        """None when `cmd` must be applied, otherwise the reason it is refused. `state_key`: the
+        command was read at start from that `agent.state` key (this agent's, the fleet's or its
+        team's): it is addressed to that key and may be older than this client."""
+        if cmd.agent_id != (state_key or self.agent_id):
             return "other_agent"
         if self._key is not None:
             if not cmd.sig:
@@ -62,7 +64,7 @@ class ControlGate:
         ident = (cmd.command, cmd.decision_id, cmd.task_id)
         if ident in self._seen:
             return "replayed"
-        if cmd.ts_ms < self._not_before_ms:
+        if state_key is None and cmd.ts_ms < self._not_before_ms:
             return "stale"
         if cmd.expires_ms is not None and cmd.expires_ms <= self._now_ms():
             return "expired"

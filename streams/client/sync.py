@@ -4,13 +4,13 @@ Recording is as cheap as in the async client (the event is queued from the calle
 thread). A thread cannot be interrupted like an asyncio task, so a `kill_task` is raised as
 `TaskKilled` from the next `record_*()` (after queueing that event), `check()`, or when
 the `with sbw.task(...)` block exits. `task()` entry waits while paused (or raises
-`AgentPaused`) and sleeps the throttle delay, like the async client.
+`AgentPaused`) and sleeps the throttle delay, like the async client, and so does
+`before_call()`.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -94,10 +94,15 @@ class SyncBudgetClient:
         if scope is not None:
             scope.check()
 
-    def before_call(self) -> None:
-        delay = self.client.state.throttle_ms()
-        if delay:
-            time.sleep(delay / 1000)
+    def before_call(self, estimated_tokens: int | None = None) -> None:
+        """As the async client's: TaskKilled in a killed task, waits while paused (AgentPaused
+        with pause_mode="raise"), the throttle's delay, then remembers the call's estimate."""
+        scope = self._scope()
+        if scope is not None:
+            scope.check()
+        self._call(self.client._obey())
+        if estimated_tokens is not None:
+            (scope or self.client).call_estimate = estimated_tokens
 
     def model_for(self, model: str) -> str:
         return self.client.model_for(model)

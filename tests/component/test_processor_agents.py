@@ -264,7 +264,7 @@ async def test_rollups_across_partitions_pause_noncritical_agents_only(tmp_path:
         assert [(d.rule, d.action, d.scope, d.observed, d.limit) for d in decisions] == [
             ("daily_budget_exceeded", "pause_noncritical", "global", 110, 100)]
         assert [(c.command, c.agent_id) for c in commands] == [
-            ("pause_agent", "bot-a"), ("pause_agent", "bot-b"), ("pause_agent", "bot-c")]
+            ("pause_agent", "bot-a"), ("pause_agent", "bot-b"), ("pause_agent", "bot-c"), ("pause_agent", "__fleet__")]
         assert all(c.decision_id == decisions[0].decision_id and verify(c, KEY) for c in commands)
         assert proc.live_status()["dimensions"]["global"]["tokens_today"] == 110
         assert {b"m|global|global", b"i|crit-bot", b"i|bot-a"} <= {s.key for s in sent(proc).on(merger_log)}

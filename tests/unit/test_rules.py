@@ -163,7 +163,8 @@ def test_global_daily_budget_pauses_noncritical_agents_only() -> None:
     h.send(agent_id="a2", input_tokens=2_001)
     decisions = h.merge()
     assert [(d.rule, d.action, d.scope) for d in decisions] == [("daily_budget_exceeded", "pause_noncritical", "global")]
-    assert sorted((c.command, c.agent_id) for c in h.commands) == [("pause_agent", "a1"), ("pause_agent", "a2")]
+    assert sorted((c.command, c.agent_id) for c in h.commands) == [("pause_agent", "__fleet__"), ("pause_agent", "a1"),
+                                                                   ("pause_agent", "a2")]  # the fleet key: late starters
     h.send(agent_id="a1", input_tokens=1)
     assert h.merge() == []  # fired once per day
 
@@ -175,7 +176,7 @@ def test_team_daily_budget() -> None:
     h.send(agent_id="r2", team="red", input_tokens=1)
     h.send(agent_id="b1", team="blue", input_tokens=1)
     assert [(d.rule, d.subject) for d in h.merge()] == [("daily_budget_exceeded", "red")]
-    assert sorted(c.agent_id for c in h.commands) == ["r1", "r2"]
+    assert sorted(c.agent_id for c in h.commands) == ["__team__:red", "r1", "r2"]
 
 
 def test_user_budget_in_usd_throttles_the_users_agents() -> None:
