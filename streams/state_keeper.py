@@ -39,15 +39,19 @@ class StateKeeper:
         self.now_ms = now_ms
         self.records: dict[str, AgentStateRecord] = {}
         self.stats = {"commands": 0, "published": 0, "refused": 0, "reloads": 0}
-        options = security.client_options()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            isolation_level="read_committed", **options)
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, **options)
+        self.group_id = group_id
+        self._consumer: Any = None
+        self._producer: Any = None
         self._reload = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Made here, not in __init__: aiokafka clients belong to the running loop."""
+        options = self.security.client_options()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed", **options)
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2, **options)
         await self._producer.start()
         await self._consumer.start()
         self._consumer.subscribe([self.topics.control], listener=_Assigned(self._reload))
@@ -57,8 +61,9 @@ class StateKeeper:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._consumer.stop()
-        await self._producer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            await self._producer.stop()
 
     async def load(self) -> None:
         """Every record on `agent.state` (the current state of every key)."""
