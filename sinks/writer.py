@@ -30,6 +30,7 @@ from schemas.clock import system_ms
 log = structlog.get_logger(__name__)
 
 GROUP_ID = "budgetwarden-sink"
+STEP_ERROR_PAUSE_S = 0.5  # after an unexpected error in a step: log, pause, go on (never end the loop)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class SinkWriter:
             except KafkaError as exc:
                 log.warning("sink.kafka_error", error=str(exc))
                 await asyncio.sleep(0.5)
+            except Exception as exc:  # noqa: BLE001 - a bug or one odd message must not stop the sink
+                log.exception("sink.step_failed", error=repr(exc)[:500])
+                await asyncio.sleep(STEP_ERROR_PAUSE_S)
 
     async def _step(self) -> None:
         if self._retry_at_ms:  # ClickHouse failed: partitions are paused until the retry
@@ -248,6 +252,11 @@ class SinkWriter:
             return decode(msg.value or b"")
         except BadInput as err:
             self._dead(batch, msg, err)
+            return None
+        except Exception as exc:  # noqa: BLE001 - the codec raises only BadInput; still, never end the loop
+            log.error("sink.decode_failed", topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                      error=repr(exc)[:300])
+            self._dead(batch, msg, BadInput("$", f"decoder failed: {type(exc).__name__}: {exc}"[:300]))
             return None
 
     def _on_decision(self, batch: Batch, msg: Any) -> None:

@@ -343,6 +343,8 @@ class Processor:
                              security=self.settings.kafka, follow=True, on_caught_up=caught_up)
 
     def apply_policy_bytes(self, raw: bytes | None) -> None:
+        """Apply one `budget.policies` record; a bad one is logged and skipped, never raised
+        (`read_compacted` would stop following the topic)."""
         if raw is None:
             return
         try:
@@ -351,9 +353,19 @@ class Processor:
         except InputError as err:
             log.warning("policy.rejected", error=str(err))
             return
+        except Exception as err:  # noqa: BLE001 - a poisoned record must not end the policy reader
+            log.warning("policy.rejected", error=f"{type(err).__name__}: {err}"[:500])
+            return
+        previous = self.config
+        try:
+            self.engine.set_config(config)
+            self.merger.set_config(config)
+        except Exception as err:  # noqa: BLE001 - keep the rules in force rather than half of a new set
+            self.engine.set_config(previous)
+            self.merger.set_config(previous)
+            log.warning("policy.rejected", error=f"{type(err).__name__}: {err}"[:500], policy_id=policy.policy_id)
+            return
         self.config = config
-        self.engine.set_config(config)
-        self.merger.set_config(config)
         log.info("policy.applied", scope=policy.scope, subject=policy.subject, version=config.version,
                  policy_id=policy.policy_id, deleted=policy.deleted)
 

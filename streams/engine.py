@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
+import structlog
 
 from schemas.codec import BadInput, UsageDecoder
 from schemas.contract import ControlCommand, Decision, DeadLetter, Limits, UsageEvent
@@ -49,6 +50,8 @@ DIM_PREFIX = b"d|"
 TASK_PREFIX = b"t|"
 SEEN_PREFIX = b"s|"
 RECENT_DECISIONS = 100
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -133,7 +136,7 @@ def dim_key(partition: int, dim: str, subject: str) -> bytes:
 def dead_letter(msg: Message, err: BadInput, now_ms: int) -> DeadLetter:
     return DeadLetter(
         ts_ms=now_ms, reason=err.reason[:1024], field=err.field, topic=msg.topic, partition=msg.partition,
-        offset=msg.offset, raw=base64.b64encode(msg.value).decode(),
+        offset=msg.offset, raw=base64.b64encode(msg.value or b"").decode(),
         key=msg.key.decode(errors="replace") if msg.key else "",
     )
 
@@ -267,6 +270,11 @@ class Engine:
             try:
                 events = self._decode(msg.value)
             except BadInput as err:
+                out.dead_letters.append((msg.key, dead_letter(msg, err, self.now_ms())))
+                continue
+            except Exception as exc:  # noqa: BLE001 - the codec raises only BadInput; a message never ends a batch
+                log.error("engine.decode_failed", topic=msg.topic, partition=p, offset=o, error=repr(exc)[:300])
+                err = BadInput("$", f"decoder failed: {type(exc).__name__}: {exc}"[:300])
                 out.dead_letters.append((msg.key, dead_letter(msg, err, self.now_ms())))
                 continue
             pos = position(p, o)

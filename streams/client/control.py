@@ -168,10 +168,14 @@ class ControlSubscriber:
                 continue
             for records in batches.values():
                 for record in records:
-                    self.handle_raw(record.value)
+                    try:
+                        self.handle_raw(record.value)
+                    except Exception as err:  # noqa: BLE001 - one command must never stop the kill switch
+                        log.warning("client.control.refused", why="error", error=repr(err)[:300])
 
-    def handle_raw(self, raw: bytes) -> None:
-        """Decode, gate, log and dispatch one agent.control message."""
+    def handle_raw(self, raw: bytes | None) -> None:
+        """Decode, gate, log and dispatch one agent.control message (`_run` logs anything it raises
+        as a refusal and goes on)."""
         try:
             cmd = decode_control(raw)
         except BadInput as err:
