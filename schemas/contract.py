@@ -169,6 +169,10 @@ class Limits(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tru
     daily_tokens: Annotated[int, Meta(ge=0)] | None = None
     daily_nano_usd: Annotated[int, Meta(ge=0)] | None = None
     hourly_tokens: Annotated[int, Meta(ge=0)] | None = None
+    weekly_tokens: Annotated[int, Meta(ge=0)] | None = None  # calendar weeks (Monday) in the rules' time zone
+    weekly_nano_usd: Annotated[int, Meta(ge=0)] | None = None
+    monthly_tokens: Annotated[int, Meta(ge=0)] | None = None  # calendar months in the rules' time zone
+    monthly_nano_usd: Annotated[int, Meta(ge=0)] | None = None
     task_tokens: Annotated[int, Meta(ge=0)] | None = None
     step_tokens: Annotated[int, Meta(ge=0)] | None = None
     criticality: Criticality | None = None

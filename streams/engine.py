@@ -347,7 +347,7 @@ class Engine:
             self._dirty_infos.setdefault(p, {})[name] = state
             if pending.trigger:
                 for d in agent_decisions(em, state, self.limits(name), pending.max_ts, pending.trigger):
-                    self._decided(d, out, expires_ms=state.counter.day_end)
+                    self._decided(d, out, expires_ms=state.counter.period(d.window)[1])  # a pause ends with its period
 
     def _count_agent(self, agent: AgentState, ev: UsageEvent, tokens: int, nano: int, out: EngineOutput, p: int) -> None:
         """Everything of an agent but its counter (see `_Pending`), and the task rules."""

@@ -19,11 +19,11 @@ from msgspec import Struct
 from schemas.contract import FLEET_KEY, ControlCommand, Decision, Limits, team_key
 from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
-from streams.rules import Emitter, dim_decisions
+from streams.rules import PERIODS, Emitter, dim_decisions
 from streams.rules_config import RulesConfig
 from streams.state import AgentInfo, DimState, Rollup, decode_info, encode_state
 from streams.status import percent
-from streams.windows import merged_day
+from streams.windows import merged
 
 SUBJECT_PREFIX = b"m|"
 AGENT_PREFIX = b"i|"
@@ -106,13 +106,13 @@ class Merger:
             if not limits:
                 continue
             counters = [p.counter for p in subject.parts.values()]
-            day_start, day_end, tokens, nano = merged_day(counters)
+            windows = {period: merged(counters, period) for period in PERIODS}
             at_ms = max(c.last_ts for c in counters)
-            for d in dim_decisions(self.emitter, self.fired, dim, name, limits, day_start, day_end, tokens, nano, at_ms):
+            for d in dim_decisions(self.emitter, self.fired, dim, name, limits, windows, at_ms):
                 self.recent.append(d)
                 out.decisions.append(d)
                 state_key = FLEET_KEY if dim == "global" else team_key(name) if dim == "team" else ""
-                out.commands.extend(commands_for(d, targets=self._targets(dim, subject, at_ms), expires_ms=day_end,
+                out.commands.extend(commands_for(d, targets=self._targets(dim, subject, at_ms), expires_ms=windows[d.window][1] if d.window in windows else windows["day"][1],
                                                  control_key=self.control_key, state_key=state_key))
         if len(self.fired) != fired_before:
             cutoff = self.now_ms() - 3 * 86_400_000
@@ -133,7 +133,7 @@ class Merger:
         """Today's totals per subject (see streams.status for the shape)."""
         result: dict[str, dict[str, Any]] = {}
         for (dim, name), subject in sorted(self.subjects.items()):
-            _, _, tokens, nano = merged_day([p.counter for p in subject.parts.values()])
+            _, _, tokens, nano = merged([p.counter for p in subject.parts.values()], "day")
             limits = self.limits(dim, name) or Limits()
             result["global" if dim == "global" else f"{dim}:{name}"] = {
                 "tokens_today": tokens, "nano_usd_today": nano, "daily_tokens": limits.daily_tokens,

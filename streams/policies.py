@@ -15,7 +15,7 @@ from streams.kafka import KafkaSecurity, produce_one, read_compacted
 from streams.rules_config import LIMIT_FIELDS, RulesConfig, apply_policy, budget_entry, overlay_limits, without_fields
 
 
-FIELD_ALIASES = {"daily_usd": "daily_nano_usd"}
+FIELD_ALIASES = {"daily_usd": "daily_nano_usd", "weekly_usd": "weekly_nano_usd", "monthly_usd": "monthly_nano_usd"}
 Value = bool | int | float | str
 
 
@@ -29,7 +29,8 @@ def build_policy(
     *, agent: str | None = None, user: str | None = None, team: str | None = None, global_: bool = False,
     default_agent: bool = False, rule: str | None = None, params: list[str] | None = None,
     daily_tokens: int | None = None, daily_usd: str | None = None, hourly_tokens: int | None = None,
-    task_tokens: int | None = None, step_tokens: int | None = None, criticality: str | None = None,
+    weekly_tokens: int | None = None, weekly_usd: str | None = None, monthly_tokens: int | None = None,
+    monthly_usd: str | None = None, task_tokens: int | None = None, step_tokens: int | None = None, criticality: str | None = None,
     unset: list[str] | None = None, delete: bool = False, author: str = "cli", reason: str = "",
 ) -> Policy:
     """The change one command asks for (`overlay`: only the fields given, and those to unset).
@@ -65,12 +66,15 @@ def build_policy(
         except ConfigError as err:
             raise PolicyError(err.field, err.reason) from None
         return policy
-    try:
-        nano = usd_to_nanos(daily_usd) if daily_usd is not None else None
-    except ValueError as err:
-        raise PolicyError("--daily-usd", str(err)) from None
-    limits = Limits(daily_tokens=daily_tokens, daily_nano_usd=nano, hourly_tokens=hourly_tokens,
-                    task_tokens=task_tokens, step_tokens=step_tokens, criticality=criticality)  # type: ignore[arg-type]
+    nanos: dict[str, int | None] = {}
+    for flag, usd in (("daily", daily_usd), ("weekly", weekly_usd), ("monthly", monthly_usd)):
+        try:
+            nanos[flag] = usd_to_nanos(usd) if usd is not None else None
+        except ValueError as err:
+            raise PolicyError(f"--{flag}-usd", str(err)) from None
+    limits = Limits(daily_tokens=daily_tokens, daily_nano_usd=nanos["daily"], hourly_tokens=hourly_tokens,
+                    weekly_tokens=weekly_tokens, weekly_nano_usd=nanos["weekly"], monthly_tokens=monthly_tokens,
+                    monthly_nano_usd=nanos["monthly"], task_tokens=task_tokens, step_tokens=step_tokens, criticality=criticality)  # type: ignore[arg-type]
     given = set(_fields(limits))
     try:
         without_fields(Limits(), unset_fields)
@@ -209,6 +213,10 @@ def render_rows(config: RulesConfig) -> list[dict[str, Any]]:
     return [
         {"scope": scope, "subject": subject, "daily_tokens": lim.daily_tokens,
          "daily_usd": format_usd(lim.daily_nano_usd) if lim.daily_nano_usd is not None else None,
+         "weekly_tokens": lim.weekly_tokens,
+         "weekly_usd": format_usd(lim.weekly_nano_usd) if lim.weekly_nano_usd is not None else None,
+         "monthly_tokens": lim.monthly_tokens,
+         "monthly_usd": format_usd(lim.monthly_nano_usd) if lim.monthly_nano_usd is not None else None,
          "hourly_tokens": lim.hourly_tokens, "task_tokens": lim.task_tokens, "step_tokens": lim.step_tokens,
          "criticality": lim.criticality}
         for scope, subject, lim in rows

@@ -60,9 +60,10 @@ class Emitter:
         who = f"{scope}:{agent_id}/{subject}" if scope == "task" else f"{scope}:{subject}"
         return _cached_id(rule, who, window_start, level)
 
-    def fired(self, fired: MutableMapping[str, int], rule: str, scope: str, subject: str, window_start: int) -> bool:
+    def fired(self, fired: MutableMapping[str, int], rule: str, scope: str, subject: str, window_start: int,
+              level: str = "") -> bool:
         """Whether this window's decision was already emitted (checked before building a new one)."""
-        return self.id_of(rule, scope, subject, window_start) in fired
+        return self.id_of(rule, scope, subject, window_start, level) in fired
 
     def emit(
         self,
@@ -97,8 +98,23 @@ class Emitter:
         )
 
 
+# The budget periods: (Limits fields in tokens and nano-USD, the adjective in messages). A week
+# or month decision's id has the period as its level: a week can start on the day's start.
+PERIODS: dict[str, tuple[str, str, str]] = {
+    "day": ("daily_tokens", "daily_nano_usd", "daily"),
+    "week": ("weekly_tokens", "weekly_nano_usd", "weekly"),
+    "month": ("monthly_tokens", "monthly_nano_usd", "monthly"),
+}
+
+
+def period_limits(limits: Limits, period: str) -> Limits:
+    """The period's limits as daily-shaped Limits, so `_over` reads one pair of fields."""
+    tokens_field, nano_field, _ = PERIODS[period]
+    return Limits(daily_tokens=getattr(limits, tokens_field), daily_nano_usd=getattr(limits, nano_field))
+
+
 def _over(total_tokens: int, total_nano: int, limits: Limits, factor: float = 1.0) -> tuple[int, int, str] | None:
-    """(observed, limit, unit) of the first daily limit exceeded, else None."""
+    """(observed, limit, unit) of the first exceeded daily limit, or None."""
     if limits.daily_tokens is not None and total_tokens > limits.daily_tokens * factor:
         return total_tokens, limits.daily_tokens, "tokens"
     if limits.daily_nano_usd is not None and total_nano > limits.daily_nano_usd * factor:
@@ -207,14 +223,19 @@ def agent_decisions(em: Emitter, agent: AgentState, limits: Limits, at_ms: int, 
     common = {"scope": "agent", "subject": name, "agent_id": name, "trigger_event_id": trigger_event_id}
     tokens, nano = c.day_total(at_ms), c.day_total(at_ms, "usd")
     over = _over(tokens, nano, limits)
-    if over and rules.agent_budget_exceeded.enabled and not em.fired(agent.fired, "agent_budget_exceeded", "agent",
-                                                                     name, c.day_start):
-        observed, limit, unit = over
-        critical = agent.criticality == "critical"
-        out.append(em.emit(agent.fired, "agent_budget_exceeded", window="day", window_start=c.day_start,
+    critical = agent.criticality == "critical"
+    for period, (_, _, adjective) in PERIODS.items():
+        start, end, p_tokens, p_nano = c.period(period)
+        level = "" if period == "day" else period
+        p_over = _over(p_tokens, p_nano, period_limits(limits, period)) if start <= at_ms < end else None
+        if not p_over or not rules.agent_budget_exceeded.enabled or em.fired(
+                agent.fired, "agent_budget_exceeded", "agent", name, start, level):
+            continue
+        observed, limit, unit = p_over
+        out.append(em.emit(agent.fired, "agent_budget_exceeded", window=period, window_start=start, level=level,
                            observed=observed, limit=limit, unit=unit, action="notify" if critical else None,
-                           message=f"Agent {name} is over its daily budget: {_show(observed, unit)} of {_show(limit, unit)}"
-                                   + (" (critical: not paused)" if critical else ""), **common))
+                           message=f"Agent {name} is over its {adjective} budget: {_show(observed, unit)} of "
+                                   f"{_show(limit, unit)}" + (" (critical: not paused)" if critical else ""), **common))
     spiked = em.fired(agent.fired, "agent_spike", "agent", name, hour_start(at_ms))
     hourly = None if spiked else limits.hourly_tokens if limits.hourly_tokens is not None else c.hour_baseline(at_ms)
     if hourly:
@@ -256,26 +277,35 @@ def _forecast(
 
 def dim_decisions(
     em: Emitter, fired: MutableMapping[str, int], dim: str, subject: str, limits: Limits,
-    day_start: int, day_end: int, tokens: int, nano: int, at_ms: int,
+    windows: dict[str, tuple[int, int, int, int]], at_ms: int,
 ) -> list[Decision]:
-    """Global and team daily budgets (pause_noncritical), user budgets (throttle), their forecasts."""
+    """Global and team budgets (pause_noncritical), user budgets (throttle), per day, week and
+    month (`windows`: period -> (start, end, tokens, nano)), and the daily forecast."""
     rules = em.config.rules
     common = {"scope": dim, "subject": subject}
     out: list[Decision | None] = []
-    over = _over(tokens, nano, limits)
     label = "Global" if dim == "global" else f"{dim.capitalize()} {subject}"
-    if over:
+    day_over = None
+    for period, (_, _, adjective) in PERIODS.items():
+        start, _end, tokens, nano = windows[period]
+        over = _over(tokens, nano, period_limits(limits, period))
+        if period == "day":
+            day_over = over
+        if not over:
+            continue
         observed, limit, unit = over
+        level = "" if period == "day" else period
         if dim == "user" and rules.user_budget_exceeded.enabled:
-            out.append(em.emit(fired, "user_budget_exceeded", window="day", window_start=day_start, observed=observed,
-                               limit=limit, unit=unit, message=f"User {subject} is over the daily budget: "
-                                                               f"{_show(observed, unit)} of {_show(limit, unit)}; throttling",
-                               **common))
+            out.append(em.emit(fired, "user_budget_exceeded", window=period, window_start=start, level=level,
+                               observed=observed, limit=limit, unit=unit,
+                               message=f"User {subject} is over the {adjective} budget: {_show(observed, unit)} of "
+                                       f"{_show(limit, unit)}; throttling", **common))
         elif dim in ("global", "team") and rules.daily_budget_exceeded.enabled:
-            out.append(em.emit(fired, "daily_budget_exceeded", window="day", window_start=day_start, observed=observed,
-                               limit=limit, unit=unit, message=f"{label} daily budget exceeded: {_show(observed, unit)} of "
-                                                               f"{_show(limit, unit)}; pausing noncritical agents",
-                               **common))
-    else:
+            out.append(em.emit(fired, "daily_budget_exceeded", window=period, window_start=start, level=level,
+                               observed=observed, limit=limit, unit=unit,
+                               message=f"{label} {adjective} budget exceeded: {_show(observed, unit)} of "
+                                       f"{_show(limit, unit)}; pausing noncritical agents", **common))
+    if not day_over:
+        day_start, day_end, tokens, nano = windows["day"]
         out.append(_forecast(em, fired, tokens, nano, day_start, day_end, at_ms, limits, common))
     return [d for d in out if d is not None]

@@ -104,15 +104,17 @@ def overlay_limits(base: Limits, top: Limits) -> Limits:
 
 
 def _usd_fields_to_nanos(limits: Any, where: str) -> Any:
-    """YAML says `daily_usd: 5.00`; the wire and the state keep integer nano-dollars."""
+    """YAML says `daily_usd: 5.00` (`weekly_usd`, `monthly_usd`); the wire and the state keep
+    integer nano-dollars."""
     if not isinstance(limits, dict):
         return limits
     out = dict(limits)
-    if "daily_usd" in out:
-        try:
-            out["daily_nano_usd"] = usd_to_nanos(out.pop("daily_usd"))
-        except ValueError as err:
-            raise ConfigError(f"{where}.daily_usd", str(err)) from None
+    for period in ("daily", "weekly", "monthly"):
+        if f"{period}_usd" in out:
+            try:
+                out[f"{period}_nano_usd"] = usd_to_nanos(out.pop(f"{period}_usd"))
+            except ValueError as err:
+                raise ConfigError(f"{where}.{period}_usd", str(err)) from None
     return out
 
 

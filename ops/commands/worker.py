@@ -193,6 +193,10 @@ def register(app: typer.Typer) -> None:
         daily_tokens: Annotated[Optional[int], typer.Option("--daily-tokens", min=0)] = None,
         daily_usd: Annotated[Optional[str], typer.Option("--daily-usd", help="Exact decimal USD")] = None,
         hourly_tokens: Annotated[Optional[int], typer.Option("--hourly-tokens", min=0)] = None,
+        weekly_tokens: Annotated[Optional[int], typer.Option("--weekly-tokens", min=0, help="Calendar week")] = None,
+        weekly_usd: Annotated[Optional[str], typer.Option("--weekly-usd", help="Exact decimal USD")] = None,
+        monthly_tokens: Annotated[Optional[int], typer.Option("--monthly-tokens", min=0, help="Calendar month")] = None,
+        monthly_usd: Annotated[Optional[str], typer.Option("--monthly-usd", help="Exact decimal USD")] = None,
         task_tokens: Annotated[Optional[int], typer.Option("--task-tokens", min=0)] = None,
         step_tokens: Annotated[Optional[int], typer.Option("--step-tokens", min=0)] = None,
         criticality: Annotated[Optional[str], typer.Option("--criticality", help="critical | normal")] = None,
@@ -206,6 +210,7 @@ def register(app: typer.Typer) -> None:
         _publish_change(dict(
             agent=agent, user=user, team=team, global_=global_, default_agent=default_agent, rule=rule,
             params=param or [], daily_tokens=daily_tokens, daily_usd=daily_usd, hourly_tokens=hourly_tokens,
+            weekly_tokens=weekly_tokens, weekly_usd=weekly_usd, monthly_tokens=monthly_tokens, monthly_usd=monthly_usd,
             task_tokens=task_tokens, step_tokens=step_tokens, criticality=criticality, delete=delete,
         ), reason, rules, bootstrap, topic_prefix)
 
@@ -303,10 +308,12 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        table = Table("scope", "subject", "daily tokens", "daily USD", "hourly", "task", "step", "criticality",
+        table = Table("scope", "subject", "daily tokens", "daily USD", "weekly tokens", "weekly USD", "monthly tokens",
+                      "monthly USD", "hourly", "task", "step", "criticality",
                       title=f"effective budgets (policy version {config.version}, tz {config.timezone})")
         for r in rows:
             table.add_row(*(str(r[k]) if r[k] is not None else "-" for k in
-                            ("scope", "subject", "daily_tokens", "daily_usd", "hourly_tokens", "task_tokens",
+                            ("scope", "subject", "daily_tokens", "daily_usd", "weekly_tokens", "weekly_usd",
+                             "monthly_tokens", "monthly_usd", "hourly_tokens", "task_tokens",
                              "step_tokens", "criticality")))
         console.print(table)

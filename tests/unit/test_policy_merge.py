@@ -147,7 +147,7 @@ def test_the_record_carries_the_audit_and_round_trips() -> None:
     [
         ({"agent": "a", "daily_tokens": 1, "unset": ["daily_tokens"]}, "both set and unset"),
         ({"agent": "a", "daily_tokens": 1, "delete": True}, "give no fields"),
-        ({"agent": "a", "unset": ["weekly_tokens"]}, "unknown budget field"),
+        ({"agent": "a", "unset": ["yearly_tokens"]}, "unknown budget field"),
         ({"rule": "loop_detected", "unset": ["factor"]}, "has no param"),
         ({"agent": "a"}, "at least"),
         ({"agent": "a", "daily_tokens": 1, "reason": "x" * 5000}, "reason"),

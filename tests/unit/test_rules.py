@@ -209,3 +209,44 @@ def test_policy_change_applies_live() -> None:
                                                        subject="bot", limits=Limits(task_tokens=50))))
     out = h.send(task_id="t", input_tokens=1)
     assert rules_of(out) == ["runaway_detected"] and out.decisions[0].policy_version == 1
+
+
+DAY_MS = 86_400_000
+JAN_5 = 1_767_571_200_000  # Monday 2026-01-05T00:00Z: the week after the harness's Thursday Jan 1
+FEB_1 = 1_769_904_000_000  # 2026-02-01T00:00Z
+
+
+def test_weekly_and_monthly_agent_budgets_pause_until_the_period_ends() -> None:
+    h = Harness({"timezone": "UTC", "budgets": {"default_agent": {"weekly_tokens": 1_000, "monthly_tokens": 1_500}}})
+    assert rules_of(h.send(input_tokens=600)) == []  # Thursday
+    h.clock.advance(DAY_MS)
+    out = h.send(input_tokens=500)  # Friday: 1,100 this week
+    assert [(d.rule, d.window, d.observed, d.limit) for d in out.decisions] == [
+        ("agent_budget_exceeded", "week", 1_100, 1_000)]
+    assert [(c.command, c.expires_ms) for c in out.commands] == [("pause_agent", JAN_5)]  # the week's end
+    assert rules_of(h.send(input_tokens=1)) == []  # once per week
+    h.clock.now = JAN_5 + 1000
+    assert rules_of(h.send(input_tokens=300)) == []  # a new week: 300; the month has 1,401
+    out = h.send(input_tokens=100)
+    assert [(d.rule, d.window, d.observed, d.limit) for d in out.decisions] == [
+        ("agent_budget_exceeded", "month", 1_501, 1_500)]
+    assert [c.expires_ms for c in out.commands] == [FEB_1]
+
+
+def test_a_weekly_decision_has_its_own_id_even_when_the_week_and_the_day_start_together() -> None:
+    h = Harness({"timezone": "UTC", "budgets": {"default_agent": {"daily_tokens": 100, "weekly_tokens": 100}}})
+    h.clock.now = JAN_5 + 1000  # a Monday: the day and the week both start at JAN_5
+    out = h.send(input_tokens=101)
+    assert sorted(d.window for d in out.decisions) == ["day", "week"]
+    assert len({d.decision_id for d in out.decisions}) == 2
+
+
+def test_team_monthly_usd_budget_across_partitions() -> None:
+    h = Harness({"timezone": "UTC", "budgets": {"teams": {"red": {"monthly_usd": "0.01"}}}})
+    h.send(agent_id="r1", team="red", input_tokens=3_000)  # gpt-4o input: 2,500 nano/token -> $0.0075
+    assert h.merge() == []
+    h.send(agent_id="r2", team="red", input_tokens=1_001)  # $0.0100025 this month
+    decisions = h.merge()
+    assert [(d.rule, d.window, d.subject, d.unit) for d in decisions] == [("daily_budget_exceeded", "month", "red", "usd")]
+    assert sorted(c.agent_id for c in h.commands) == ["__team__:red", "r1", "r2"]
+    assert {c.expires_ms for c in h.commands} == {FEB_1}

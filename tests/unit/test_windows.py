@@ -5,7 +5,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from schemas.calendar import HOUR_MS, MINUTE_MS, Calendar
-from streams.windows import Counter, merged_day
+from streams.windows import Counter, merged
 
 UTC_MIDNIGHT = 1_767_225_600_000  # 2026-01-01T00:00Z
 
@@ -88,4 +88,4 @@ def test_merged_day_sums_only_the_newest_day() -> None:
     a.add(UTC_MIDNIGHT + 1, 10, 1, cal)
     b.add(UTC_MIDNIGHT + 2, 20, 2, cal)
     old.add(UTC_MIDNIGHT - 5, 99, 9, cal)
-    assert merged_day([a, b, old]) == (UTC_MIDNIGHT, UTC_MIDNIGHT + 86_400_000, 30, 3)
+    assert merged([a, b, old], "day") == (UTC_MIDNIGHT, UTC_MIDNIGHT + 86_400_000, 30, 3)
