@@ -76,5 +76,5 @@ async def test_base_install_client_publishes_and_records_against_the_broker(
                 break
     finally:
         await consumer.stop()
-    assert [(e.agent_id, e.task_id, e.model, e.input_tokens, e.output_tokens, e.estimated_tokens) for e in found] == [
+    assert [(e.agent_id, e.task_id, e.model, e.input_tokens, e.output_tokens, e.task_estimated_tokens) for e in found] == [
         (agent, "ticket-1", "gpt-4o", 120, 30, 400)]
