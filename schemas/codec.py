@@ -51,7 +51,8 @@ _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
-def _bad_input(err: msgspec.MsgspecError) -> BadInput:
+def bad_input(err: msgspec.MsgspecError) -> BadInput:
+    """msgspec's error as BadInput: the JSON path apart from the reason."""
     text = str(err)
     match = _PATH.search(text)
     path = match.group("path").lstrip(".") if match else ""
@@ -70,7 +71,7 @@ def _as_bad_input(err: Exception) -> BadInput:
     if isinstance(err, BadInput):
         return err
     if isinstance(err, msgspec.DecodeError):
-        return _bad_input(err)
+        return bad_input(err)
     if isinstance(err, UnicodeDecodeError):  # msgspec lets invalid UTF-8 inside strings through as this
         return BadInput("$", f"invalid UTF-8 at byte {err.start}")
     if isinstance(err, RecursionError):

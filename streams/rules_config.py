@@ -18,6 +18,7 @@ from msgspec import Meta, Struct
 
 
 from schemas.contract import Limits, Policy
+from schemas.codec import bad_input
 from schemas.errors import ConfigError
 from schemas.money import usd_to_nanos
 
@@ -118,16 +119,28 @@ def _usd_fields_to_nanos(limits: Any, where: str) -> Any:
     return out
 
 
+def _limits(raw: Any, where: str) -> Limits:
+    """One budget entry; an error names the entry's full path (msgspec says only `agents[...]`)."""
+    try:
+        return msgspec.convert(_usd_fields_to_nanos(raw or {}, where), Limits, strict=False)
+    except msgspec.ValidationError as err:
+        found = bad_input(err)
+        raise ConfigError(f"{where}.{found.field}" if found.field not in ("", "$") else where, found.reason) from None
+
+
 def _normalize_budgets(raw: dict[str, Any]) -> dict[str, Any]:
-    budgets = dict(raw.get("budgets") or {})
+    budgets = raw.get("budgets") or {}
+    if not isinstance(budgets, dict):
+        raise ConfigError("budgets", "expected a mapping")
+    budgets = dict(budgets)
     for key in ("global", "default_agent"):
         if key in budgets:
-            budgets[key] = _usd_fields_to_nanos(budgets[key] or {}, f"budgets.{key}")
+            budgets[key] = _limits(budgets[key], f"budgets.{key}")
     for group in ("agents", "users", "teams"):
         members = budgets.get(group) or {}
         if not isinstance(members, dict):
             raise ConfigError(f"budgets.{group}", "expected a mapping of name to limits")
-        budgets[group] = {name: _usd_fields_to_nanos(lim or {}, f"budgets.{group}.{name}") for name, lim in members.items()}
+        budgets[group] = {name: _limits(lim, f"budgets.{group}.{name}") for name, lim in members.items()}
     return {**raw, "budgets": budgets}
 
 
@@ -142,7 +155,8 @@ def parse_rules(raw: dict[str, Any] | None) -> RulesConfig:
     try:
         config = msgspec.convert(_normalize_budgets(raw), RulesConfig, strict=False)
     except msgspec.ValidationError as err:
-        raise ConfigError("rules file", str(err)) from None
+        found = bad_input(err)
+        raise ConfigError(found.field if found.field not in ("", "$") else "rules file", found.reason) from None
     try:
         config.tz()
     except (ZoneInfoNotFoundError, ValueError):
@@ -159,10 +173,31 @@ def load_rules(path: Path | str | None) -> RulesConfig:
             text = Path(path).read_text()
     except OSError as err:
         raise ConfigError(f"rules file {path}", str(err.strerror)) from None
+    source = f"rules file {path or 'streams/rules.default.yaml'}"
     try:
         return parse_rules(yaml.safe_load(text))
     except yaml.YAMLError as err:
-        raise ConfigError(f"rules file {path}", f"not valid YAML ({err})") from None
+        raise ConfigError(source, f"not valid YAML ({err})") from None
+    except ConfigError as err:
+        line = _line_of(text, err.field)
+        raise ConfigError(f"{source}{f' line {line}' if line else ''}: {err.field}", err.reason) from None
+
+
+def _line_of(text: str, field: str) -> int | None:
+    """The 1-based line of the deepest key of dotted `field` found in the YAML text."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in field.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 _GROUPS = {"agent": "agents", "user": "users", "team": "teams"}

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from schemas.contract import Limits, Policy
-from streams.rules_config import ConfigError, apply_policy, load_rules, parse_rules
+from schemas.errors import ConfigError
+from streams.rules_config import apply_policy, load_rules, parse_rules
 
 ISSUE_EXAMPLE = """
 timezone: UTC
@@ -92,3 +93,17 @@ def test_bad_rule_policies_are_refused() -> None:
         apply_policy(config, Policy(policy_id="rule:x", ts_ms=TS, scope="rule", subject="x", params={}))
     with pytest.raises(ConfigError, match="params"):
         apply_policy(config, Policy(policy_id="rule:l", ts_ms=TS, scope="rule", subject="loop_detected", params={"repeats": 0}))
+
+
+def test_a_rules_file_error_names_the_file_the_line_and_the_full_key(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("timezone: UTC\nbudgets:\n  agents:\n    support-bot:\n      criticality: critical\n"
+                    "      daily_tokens: lots\nrules:\n  loop_detected: {repeats: 5}\n")
+    with pytest.raises(ConfigError) as bad_entry:
+        load_rules(path)
+    assert str(bad_entry.value) == (f"rules file {path} line 6: budgets.agents.support-bot.daily_tokens: "
+                                    "Expected `int | null`, got `str`")
+    path.write_text("timezone: UTC\nrules:\n  loop_detected:\n    repeats: 1\n")
+    with pytest.raises(ConfigError) as bad_param:
+        load_rules(path)
+    assert str(bad_param.value) == f"rules file {path} line 4: rules.loop_detected.repeats: Expected `int` >= 2"
