@@ -12,6 +12,7 @@ from schemas.clock import system_ms
 from schemas.codec import encode
 from schemas.contract import ControlCommand
 from schemas.errors import InputError
+from schemas.pricing import PriceCatalog
 from schemas.signing import sign
 from schemas.topics import Topics
 from streams.kafka import KafkaSecurity, produce_one
@@ -25,6 +26,12 @@ def build_command(
         raise InputError("--task", "kill_task needs the task id")
     if command == "downgrade_model" and not model:
         raise InputError("--model", "downgrade_model needs the replacement model")
+    if model and PriceCatalog.default().lookup(model) is None:
+        close = PriceCatalog.default().suggest(model)
+        raise InputError("--model", f"{model!r} is not in the price catalog"
+                         + (f"; did you mean {' or '.join(close)}?" if close else ""))
+    if expires_in_s is not None and expires_in_s <= 0:
+        raise InputError("--expires-in", f"must be a positive number of seconds, got {expires_in_s:g}")
     now = system_ms()
     cmd = ControlCommand(
         command=command, agent_id=agent_id, task_id=task_id, model=model,  # type: ignore[arg-type]

@@ -228,6 +228,7 @@ _DISPATCH: dict[str, Callable[[Any], CanonicalUsage]] = {
     "gemini": from_gemini,
     "other": from_canonical,
 }
+PROVIDER_NAMES: tuple[str, ...] = tuple(sorted(_DISPATCH))  # what `normalize` (and the CLI) accept
 
 
 def normalize(provider: str, usage: Any) -> CanonicalUsage:
@@ -235,5 +236,5 @@ def normalize(provider: str, usage: Any) -> CanonicalUsage:
     key = provider.strip().lower() if isinstance(provider, str) else ""
     fn = _DISPATCH.get(key)
     if fn is None:
-        raise NormalizeError("provider", f"unknown provider {provider!r}; expected one of {', '.join(sorted(_DISPATCH))}")
+        raise NormalizeError("provider", f"unknown provider {provider!r}; expected one of {', '.join(PROVIDER_NAMES)}")
     return fn(usage)

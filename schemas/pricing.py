@@ -16,6 +16,7 @@ and its result, hit or miss, is memoized.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
@@ -273,6 +274,10 @@ class PriceCatalog:
                 self._memo.clear()
             self._memo[key] = series
         return series  # type: ignore[return-value]
+
+    def suggest(self, model: str, limit: int = 3) -> list[str]:
+        """Catalog names close to an unknown `model` (a typo's "did you mean")."""
+        return difflib.get_close_matches(model.strip().lower(), list(self._index), n=limit, cutoff=0.75)
 
     def lookup(self, model: str, provider: str | None = None, ts_ms: int | None = None) -> PriceEntry | None:
         """The entry in force at `ts_ms` (latest entry when None), or None if unknown / not yet valid.

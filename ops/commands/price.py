@@ -5,6 +5,7 @@ reported the same way: one `error: <field>: <reason>` line on stderr and exit co
 """
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -17,7 +18,7 @@ from rich.table import Table
 from schemas.clock import system_ms
 from schemas.litellm_import import catalog_dict, import_litellm, write_catalog
 from schemas.money import format_usd
-from schemas.normalize import CanonicalUsage, NormalizeError, normalize
+from schemas.normalize import PROVIDER_NAMES, CanonicalUsage, NormalizeError, normalize
 from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms, ms_to_date
 
 __all__ = ["register"]
@@ -107,6 +108,10 @@ def register(app: typer.Typer) -> None:
         """Price one model call from token counts or from a provider usage object."""
         if not model or not model.strip():
             _fail("model", "required (--model)")
+        if provider is not None and provider.strip().lower() not in PROVIDER_NAMES:
+            close = difflib.get_close_matches(provider.strip().lower(), PROVIDER_NAMES, n=1)
+            _fail("provider", f"unknown provider {provider!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                  + f" (one of {', '.join(PROVIDER_NAMES)})")
         counts = {
             "input_tokens": _tokens("input", input_tokens),
             "output_tokens": _tokens("output", output_tokens),
@@ -158,6 +163,8 @@ def register(app: typer.Typer) -> None:
             "catalog_version": catalog.catalog_version,
         }
         result.update({k: getattr(usage, k) for k in _BUCKETS})
+        if not priced.priced:
+            result["suggestions"] = catalog.suggest(model)
         if as_json:
             sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
             return
@@ -175,7 +182,9 @@ def register(app: typer.Typer) -> None:
         table.add_row("total", "", f"${result['usd']}")
         console.print(table)
         if not priced.priced:
-            console.print(f"[yellow]{model!r} has no price at {result['at']} in catalog {catalog.catalog_version}; counted as 0 USD.[/yellow]")
+            hint = f" Did you mean {' or '.join(result['suggestions'])}?" if result["suggestions"] else ""
+            console.print(f"[yellow]{model!r} has no price at {result['at']} in catalog {catalog.catalog_version}; "
+                          f"counted as 0 USD.{hint}[/yellow]", highlight=False)
 
     @prices.command("list")
     def prices_list(

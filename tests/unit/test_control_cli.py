@@ -32,3 +32,15 @@ def test_cli_reports_an_unreachable_broker_in_one_line() -> None:
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: could not send to 127.0.0.1:1")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["control", "downgrade", "--agent", "a", "--model", "gpt-4o-mni"],
+     "error: --model: 'gpt-4o-mni' is not in the price catalog; did you mean gpt-4o-mini"),
+    (["control", "pause", "--agent", "a", "--expires-in", "-5"],
+     "error: --expires-in: must be a positive number of seconds, got -5"),
+])
+def test_a_misspelt_model_or_an_expired_duration_is_refused_before_sending(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, [*args, "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(message)

@@ -121,3 +121,12 @@ def test_prices_import_litellm(tmp_path: Path) -> None:
 def test_prices_import_litellm_bad_file(tmp_path: Path) -> None:
     r = runner.invoke(_app(), ["prices", "import-litellm", str(tmp_path / "missing.json")])
     assert r.exit_code == 2 and r.stderr.startswith("error: file: ") and len(r.stderr.splitlines()) == 1
+
+
+def test_a_misspelt_model_gets_suggestions_and_a_misspelt_provider_is_refused() -> None:
+    r = runner.invoke(_app(), ["price", "--model", "claude-3-5-sonet", "--input", "10", "--json"])
+    assert r.exit_code == 0
+    assert "claude-3-5-sonnet" in json.loads(r.stdout)["suggestions"]
+    r = runner.invoke(_app(), ["price", "--model", "gpt-4o", "--provider", "opnai", "--input", "10"])
+    assert r.exit_code == 2
+    assert "error: provider: unknown provider 'opnai'; did you mean 'openai'?" in r.stderr
