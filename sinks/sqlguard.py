@@ -13,6 +13,7 @@ guard: it stops writes to tables but not a SELECT's INTO OUTFILE or its table fu
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 
@@ -20,6 +21,12 @@ from schemas.errors import InputError
 from sinks.store import Store
 
 ALLOWED = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS")
+# The other statements ClickHouse knows: refused as writes; any other first word is a typo.
+_STATEMENTS = frozenset({
+    "INSERT", "CREATE", "ALTER", "DROP", "TRUNCATE", "DELETE", "UPDATE", "RENAME", "ATTACH", "DETACH", "OPTIMIZE",
+    "SET", "USE", "GRANT", "REVOKE", "KILL", "SYSTEM", "EXPLAIN", "CHECK", "EXCHANGE", "UNDROP", "BACKUP",
+    "RESTORE", "WATCH", "MOVE", "REPLACE", "UNDO",
+})
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 SYSTEM_TABLES = frozenset({"system.one", "system.tables", "system.columns"})  # readable besides the project's
@@ -55,6 +62,10 @@ def check_read_only(sql: str) -> str:
     head = _COMMENTS.sub(" ", text).lstrip().split(None, 1)
     keyword = head[0].upper().rstrip("(") if head else ""
     if keyword not in ALLOWED:
+        if keyword not in _STATEMENTS:
+            close = difflib.get_close_matches(keyword, [*ALLOWED, *_STATEMENTS], n=1)
+            raise RefusedSQL("sql", f"syntax error: {head[0] if head else ''!r} does not start a statement"
+                             + (f" (did you mean {close[0]}?)" if close else ""))
         raise RefusedSQL("sql", f"read-only endpoint: {keyword or 'this statement'} is refused (SELECT, WITH, SHOW, DESCRIBE only)")
     return text
 

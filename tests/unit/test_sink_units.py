@@ -29,6 +29,13 @@ def test_guard_refuses_everything_else(sql: str) -> None:
         check_read_only(sql)
 
 
+def test_a_typo_is_called_a_syntax_error_not_a_refused_write() -> None:
+    with pytest.raises(RefusedSQL, match=r"syntax error: 'SELEC' does not start a statement \(did you mean SELECT\?\)"):
+        check_read_only("SELEC 1")
+    with pytest.raises(RefusedSQL, match="read-only endpoint: DROP is refused"):
+        check_read_only("DROP TABLE t")
+
+
 def test_usage_row_prices_like_the_catalog() -> None:
     catalog = PriceCatalog.default()
     e = UsageEvent(event_id="e", ts_ms=1_767_225_600_000, agent_id="a", model="claude-3-5-sonnet", provider="anthropic",
