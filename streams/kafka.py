@@ -71,9 +71,9 @@ async def ensure_topics(bootstrap: str, topics: Topics = Topics(), partitions: i
                         security: KafkaSecurity = KafkaSecurity()) -> dict[str, str]:
     """Create the missing topics of `topics.specs()`; returns name -> "created" | "exists". Idempotent."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_options())
-    await admin.start()
     result: dict[str, str] = {}
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         for spec in topics.specs(partitions):
             if spec.name in existing:
@@ -93,8 +93,8 @@ async def produce_one(bootstrap: str, topic: str, key: bytes, value: bytes,
                       security: KafkaSecurity = KafkaSecurity()) -> None:
     """Send one record and wait for every replica's acknowledgement (the CLI's policies and commands)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **security.client_options())
-    await producer.start()
-    try:
+    try:  # stopped even when it never started: no "Unclosed AIOKafkaProducer" after a failure
+        await producer.start()
         await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
@@ -110,8 +110,8 @@ async def read_compacted(
     Returns then, unless `follow`: then it keeps reading what arrives until cancelled."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", **security.client_options())
-    await consumer.start()
     try:
+        await consumer.start()
         # the consumer's own metadata lists only topics it already reads: ask the cluster
         cluster = await consumer._client.fetch_all_metadata()
         parts = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]

@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 import typer
 
-from ops.commands.common import console, default_bootstrap, environment, fail
+from ops.commands.common import broker_failed, console, default_bootstrap, environment, fail, quiet_kafka_client
 from ops.control_cli import build_command, send_command
 
 Agent = Annotated[str, typer.Option("--agent", help="The agent id")]
@@ -23,9 +23,10 @@ def _send(command: str, agent: str, bootstrap: str, **fields: object) -> None:
     except ValueError as err:
         fail(str(err))
     try:
+        quiet_kafka_client()
         asyncio.run(send_command(bootstrap or default_bootstrap(), cmd, security=environment().kafka))
     except Exception as err:  # noqa: BLE001 - one line
-        fail(f"could not send to {bootstrap or default_bootstrap()}: {err}", 1)
+        broker_failed("send to", bootstrap or default_bootstrap(), err)
     console.print_json(json.dumps(msgspec.to_builtins(cmd)))
 
 

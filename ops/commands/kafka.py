@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ops.commands.common import console, default_bootstrap, environment, err_console, fail
+from ops.commands.common import broker_failed, console, default_bootstrap, environment, err_console, fail, quiet_kafka_client
 from ops.kafka.broker import BrokerError, KafkaBroker, fetch
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Broker config, data and logs")]
@@ -71,9 +71,10 @@ def register(app: typer.Typer) -> None:
         from streams.kafka import ensure_topics
 
         try:
+            quiet_kafka_client()
             result = asyncio.run(ensure_topics(bootstrap or default_bootstrap(), Topics(), partitions, environment().kafka))
         except Exception as err:  # noqa: BLE001 - report any client error in one line
-            fail(f"could not create topics on {bootstrap or default_bootstrap()}: {err}", 1)
+            broker_failed("create topics on", bootstrap or default_bootstrap(), err)
         for name, outcome in result.items():
             console.print(f"{name}: {outcome}", highlight=False)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ops.commands.common import console, default_bootstrap, environment, fail
+from ops.commands.common import broker_failed, console, default_bootstrap, environment, fail, quiet_kafka_client
 
 Bootstrap = Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")]
 Rules = Annotated[Optional[Path], typer.Option("--rules", help="Rules file (YAML); defaults built in")]
@@ -59,6 +59,7 @@ def limits_in_force(rules: Path | None, bootstrap: str = "", topic_prefix: str =
         base = load_rules(rules)
     except ConfigError as err:
         fail(str(err))
+    quiet_kafka_client()
     server = bootstrap or default_bootstrap()
     try:
         return asyncio.run(asyncio.wait_for(
@@ -81,13 +82,14 @@ def _publish_change(options: dict[str, Any], reason: str, rules: Path | None, bo
         base = load_rules(rules)
     except (PolicyError, ConfigError) as err:
         fail(str(err))
+    quiet_kafka_client()
     server = bootstrap or default_bootstrap()
     try:
         record = asyncio.run(publish_change(server, change, base, Topics(topic_prefix), environment().kafka))
     except (PolicyError, ConfigError) as err:
         fail(str(err))
     except Exception as err:  # noqa: BLE001 - one line, no traceback
-        fail(f"could not publish to {server}: {err}", 1)
+        broker_failed("publish to", server, err)
     what = "deleted" if record.deleted else "published"
     console.print(f"{what} {record.policy_id}: {_diff(record.before, record.after, record.changed)}", highlight=False)
 
@@ -299,9 +301,10 @@ def register(app: typer.Typer) -> None:
         except ConfigError as err:
             fail(str(err))
         try:
+            quiet_kafka_client()
             config = asyncio.run(effective_config(bootstrap or default_bootstrap(), base, Topics(topic_prefix), environment().kafka))
         except Exception as err:  # noqa: BLE001
-            fail(f"could not read policies from {bootstrap or default_bootstrap()}: {err}", 1)
+            broker_failed("read policies from", bootstrap or default_bootstrap(), err)
         rows = render_rows(config)
         if as_json:
             console.print_json(json.dumps({"version": config.version, "budgets": rows}))
