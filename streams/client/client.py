@@ -38,7 +38,8 @@ from schemas.errors import BadInput
 from schemas.topics import Topics
 from schemas.normalize import CanonicalUsage, normalize
 from schemas.pricing import PriceCatalog
-from streams.client.control import DEFAULT_GRACE_MS, ControlGate, ControlSubscriber
+from streams.client.control import (DEFAULT_GRACE_MS, DEFAULT_MAX_AGE_MS, DEFAULT_MAX_SKEW_MS, DEFAULT_TTL_MS,
+                                    ControlGate, ControlSubscriber)
 from streams.client.errors import AgentPaused, TaskKilled
 from streams.client.optimizer import TokenEstimator
 from streams.client.publisher import KafkaSender, Publisher, Sender
@@ -137,6 +138,9 @@ class BudgetClient:
         partitions: int | None = None,
         follow_control: bool = True,
         control_grace_ms: int = DEFAULT_GRACE_MS,
+        control_max_age_ms: int = DEFAULT_MAX_AGE_MS,
+        control_max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
+        control_default_ttl_ms: int = DEFAULT_TTL_MS,
         flush_timeout_s: float = 5.0,
         on_kill: Callback | None = None,
         on_pause: Callback | None = None,
@@ -151,7 +155,9 @@ class BudgetClient:
         topics: Topics = Topics(),
         state_timeout_s: float = 10.0,
     ) -> None:
-        """Unset `control_key`, `spill_dir` and `kafka` come from the environment (`streams.settings`)."""
+        """Unset `control_key`, `spill_dir` and `kafka` come from the environment (`streams.settings`).
+        `control_*_ms`: the `ControlGate` limits (defaults: grace 60 s, max age 15 min, max clock
+        skew 5 min, default expiry 24 h of a pause/throttle/downgrade sent without one)."""
         if pause_mode not in ("wait", "raise"):
             raise ValueError(f"pause_mode must be 'wait' or 'raise', got {pause_mode!r}")
         self.bootstrap = bootstrap
@@ -178,7 +184,9 @@ class BudgetClient:
         self._kafka = kafka or env.kafka
         self._topics = topics
         self._state_timeout_s = state_timeout_s
-        self._gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms)
+        self._gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms,
+                                 max_age_ms=control_max_age_ms, max_skew_ms=control_max_skew_ms,
+                                 default_ttl_ms=control_default_ttl_ms)
         self._subscriber: ControlSubscriber | None = None
         if follow_control:
             self._subscriber = ControlSubscriber(bootstrap, self._gate, self.handle_command, partitions,
@@ -247,7 +255,7 @@ class BudgetClient:
                 log.warning("client.state.refused", key=key, why=refusal, command=cmd.command,
                             decision_id=cmd.decision_id)
                 continue
-            out.append(cmd)
+            out.append(self._gate.effective(cmd))  # with the default expiry when it has none
         return out
 
     async def close(self) -> None:

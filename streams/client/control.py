@@ -1,11 +1,12 @@
 """Follow `agent.control` for one agent: read only its partition, admit only genuine, fresh commands.
 
 `ControlGate` is the pure part (no I/O, injected clock): it decides whether a decoded
-command is for this agent, correctly signed (when a key is configured), not a replay and
-not expired. `ControlSubscriber` wires it to Kafka: it assigns the single partition the
-agent's key maps to under the producer's partitioner (aiokafka's DefaultPartitioner:
-murmur2(key) & 0x7fffffff % partitions), seeks to the end at start, and hands admitted
-commands to a callback.
+command is for this agent, correctly signed (when a key is configured), not a replay, not
+too old or from too far in the future for the agent's clock, and not expired.
+`ControlSubscriber` wires it to Kafka: it assigns the single partition the agent's key maps
+to under the producer's partitioner (aiokafka's DefaultPartitioner: murmur2(key) &
+0x7fffffff % partitions), seeks to the end at start, and hands admitted commands (with the
+default expiry filled in, `ControlGate.effective`) to a callback.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import structlog
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -25,8 +27,11 @@ from schemas.clock import Clock, system_ms
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_GRACE_MS = 60_000
-_SEEN_MAX = 10_000
+DEFAULT_GRACE_MS = 60_000  # a command may predate the client's start by this much (plus the skew)
+DEFAULT_MAX_AGE_MS = 15 * 60_000  # a live command older than this, on the agent's clock, is stale
+DEFAULT_MAX_SKEW_MS = 5 * 60_000  # how far the agent's clock may be behind (or ahead of) the issuer's
+DEFAULT_TTL_MS = 24 * 3_600_000  # expiry of a pause / throttle / downgrade sent without expires_ms
+_TTL_COMMANDS = frozenset({"pause_agent", "throttle", "downgrade_model"})
 
 
 def control_partition(agent_id: str, partitions: int) -> int:
@@ -35,20 +40,63 @@ def control_partition(agent_id: str, partitions: int) -> int:
 
 
 class ControlGate:
-    """Admits a command or says why not: wrong agent, unsigned/forged, replayed, stale, expired.
+    """Admits a command or says why not: wrong agent, unsigned/forged, replayed, from the future,
+    stale, expired. Every time is compared with the agent's own clock (`now_ms`).
 
-    Replays: a command whose (command, decision_id, task_id) was already applied, or whose
-    `ts_ms` is older than the client's start minus `grace_ms` (issued before this client
-    could have caused it). `expires_ms` is an absolute epoch-ms deadline.
+    - `future`: `ts_ms` more than `max_skew_ms` ahead of the agent's clock.
+    - `stale`: `ts_ms` more than `max_age_ms` behind it, or before the client's start minus
+      `grace_ms` minus `max_skew_ms` (issued before this client could have caused it; the skew
+      lets an agent whose clock runs fast still accept a genuine kill).
+    - `expired`: `expires_ms` (absolute epoch ms) passed; a pause, throttle or downgrade sent
+      without one expires `default_ttl_ms` after its `ts_ms` (`effective` fills it in). A kill
+      has no default expiry: it is a one-off, remembered for the replay window.
+    - `replayed`: the same (command, decision_id, task_id) was admitted within the last
+      `max_age_ms + max_skew_ms` (the longest a copy can pass the age and skew checks); ids are
+      forgotten by time, so memory is bounded by the command rate times that window.
+
+    `refusal(cmd, state_key=...)` is the check of a command read at start from `agent.state`:
+    no age or start check there (a pause issued hours ago may still be in force), but the
+    signature, expiry (default ttl included) and future checks apply.
     """
 
     def __init__(self, agent_id: str, key: bytes | None, now_ms: Clock = system_ms,
-                 grace_ms: int = DEFAULT_GRACE_MS) -> None:
+                 grace_ms: int = DEFAULT_GRACE_MS, *, max_age_ms: int = DEFAULT_MAX_AGE_MS,
+                 max_skew_ms: int = DEFAULT_MAX_SKEW_MS, default_ttl_ms: int = DEFAULT_TTL_MS) -> None:
+        if grace_ms < 0 or max_skew_ms < 0:
+            raise ValueError(f"grace_ms and max_skew_ms must be >= 0, got {grace_ms} and {max_skew_ms}")
+        if max_age_ms <= 0 or default_ttl_ms <= 0:
+            raise ValueError(f"max_age_ms and default_ttl_ms must be > 0, got {max_age_ms} and {default_ttl_ms}")
         self.agent_id = agent_id
         self._key = key
         self._now_ms = now_ms
-        self._not_before_ms = now_ms() - grace_ms
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self.max_age_ms = max_age_ms
+        self.max_skew_ms = max_skew_ms
+        self.default_ttl_ms = default_ttl_ms
+        self._not_before_ms = now_ms() - grace_ms - max_skew_ms
+        self._window_ms = max_age_ms + max_skew_ms
+        self._seen: OrderedDict[tuple[str, str, str], int] = OrderedDict()  # id -> forget after (agent ms)
+
+    @property
+    def remembered(self) -> int:
+        """How many admitted ids the gate remembers now (to refuse their replays)."""
+        return len(self._seen)
+
+    def expiry(self, cmd: ControlCommand) -> int | None:
+        """When `cmd` stops being in force: its `expires_ms`, else `ts_ms + default_ttl_ms` for a
+        pause, throttle or downgrade, else None."""
+        if cmd.expires_ms is not None:
+            return cmd.expires_ms
+        if cmd.command in _TTL_COMMANDS:
+            return cmd.ts_ms + self.default_ttl_ms
+        return None
+
+    def effective(self, cmd: ControlCommand) -> ControlCommand:
+        """`cmd` as it must be applied: with the default expiry filled in when it has none (the
+        copy's `sig` no longer covers it; it was checked on the original)."""
+        until = self.expiry(cmd)
+        if until is None or until == cmd.expires_ms:
+            return cmd
+        return msgspec.structs.replace(cmd, expires_ms=until)
 
     def refusal(self, cmd: ControlCommand, state_key: str | None = None) -> str | None:
         """None when `cmd` must be applied, otherwise the reason it is refused. `state_key`: the
@@ -61,17 +109,29 @@ class ControlGate:
                 return "unsigned"
             if not verify(cmd, self._key):
                 return "bad_signature"
+        now = self._now_ms()
+        self._forget(now)
         ident = (cmd.command, cmd.decision_id, cmd.task_id)
         if ident in self._seen:
             return "replayed"
-        if state_key is None and cmd.ts_ms < self._not_before_ms:
+        if cmd.ts_ms > now + self.max_skew_ms:
+            return "future"
+        if state_key is None and (cmd.ts_ms < now - self.max_age_ms or cmd.ts_ms < self._not_before_ms):
             return "stale"
-        if cmd.expires_ms is not None and cmd.expires_ms <= self._now_ms():
+        until = self.expiry(cmd)
+        if until is not None and until <= now:
             return "expired"
-        self._seen[ident] = None
-        if len(self._seen) > _SEEN_MAX:
-            self._seen.popitem(last=False)
+        self._seen[ident] = now + self._window_ms
         return None
+
+    def _forget(self, now: int) -> None:
+        """Drop the ids whose replays the age check refuses by now (oldest admitted first)."""
+        seen = self._seen
+        while seen:
+            ident, forget_after = next(iter(seen.items()))
+            if forget_after >= now:
+                break
+            del seen[ident]
 
 
 class ControlSubscriber:
@@ -188,6 +248,7 @@ class ControlSubscriber:
             log.warning("client.control.refused", why=refusal, command=cmd.command, decision_id=cmd.decision_id,
                         task_id=cmd.task_id, ts_ms=cmd.ts_ms)
             return
+        cmd = self._gate.effective(cmd)
         log.info("client.control.received", command=cmd.command, decision_id=cmd.decision_id, task_id=cmd.task_id,
                  model=cmd.model, reason=cmd.reason, expires_ms=cmd.expires_ms, delay_ms=cmd.delay_ms)
         self._on_command(cmd)
