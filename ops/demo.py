@@ -85,7 +85,7 @@ class DemoResult:
     decisions: list[dict[str, Any]]
     kills: list[dict[str, Any]]
     pauses: list[dict[str, Any]]
-    dashboard_url: str
+    dashboard_url: str  # the one-time link, `http://127.0.0.1:PORT/#token=...`: printed, never logged
     seconds: float
     tokens_by_agent: dict[str, int] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
@@ -102,12 +102,12 @@ class DemoResult:
         }
 
 
-def api(base: str, path: str, **params: Any) -> Any:
-    return get_json(base, path, timeout_s=30, **params)
+def api(base: str, token: str | None, path: str, **params: Any) -> Any:
+    return get_json(base, path, timeout_s=30, token=token, **params)
 
 
-def stored_events(base: str) -> int:
-    rows = api(base, "/api/sql", q="SELECT uniqExact(event_id) AS n FROM budgetwarden.usage_events")["rows"]
+def stored_events(base: str, token: str | None) -> int:
+    rows = api(base, token, "/api/sql", q="SELECT uniqExact(event_id) AS n FROM budgetwarden.usage_events")["rows"]
     return int(rows[0]["n"]) if rows else 0
 
 
@@ -127,11 +127,11 @@ def enforcement_rows(stats: FleetStats, decisions: dict[str, Decision], command:
     return rows
 
 
-async def _wait_stored(base: str, expected: int, timeout_s: float) -> int:
+async def _wait_stored(base: str, token: str | None, expected: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     stored = 0
     while time.monotonic() < deadline:
-        stored = await asyncio.to_thread(stored_events, base)
+        stored = await asyncio.to_thread(stored_events, base, token)
         if stored >= expected:
             break
         await asyncio.sleep(1.0)
@@ -143,20 +143,21 @@ async def run_demo(
 ) -> DemoResult:
     bootstrap = await asyncio.to_thread(stack.up, progress)
     base = stack.dashboard_url.rstrip("/")
+    token = stack.api_token
     decision_log = DecisionLog(bootstrap)
     await decision_log.start()
     try:
         runner = FleetRunner(bootstrap, DEMO_FLEET, seed=seed, spike_after_s=seconds / 3,
                              spill_root=stack.data_dir / "spill", on_progress=on_progress)
         stats = await runner.run(seconds)
-        stored = await _wait_stored(base, stats.events_sent, timeout_s=30)
+        stored = await _wait_stored(base, token, stats.events_sent, timeout_s=30)
         await asyncio.sleep(1.0)  # the last decisions
         decisions = dict(decision_log.decisions)
     finally:
         await decision_log.stop()
-    live = await asyncio.to_thread(api, base, "/api/live")
-    top = await asyncio.to_thread(api, base, "/api/top", by="agent", period="day", limit=10)
-    waste = await asyncio.to_thread(api, base, "/api/waste", period="day")
+    live = await asyncio.to_thread(api, base, token, "/api/live")
+    top = await asyncio.to_thread(api, base, token, "/api/top", by="agent", period="day", limit=10)
+    waste = await asyncio.to_thread(api, base, token, "/api/waste", period="day")
     return DemoResult(
         events_sent=stats.events_sent, events_stored=stored,
         decisions=[{"rule": d.rule, "action": d.action, "subject": d.subject, "severity": d.severity,
@@ -164,7 +165,7 @@ async def run_demo(
                    for d in sorted(decisions.values(), key=lambda d: d.ts_ms)],
         kills=enforcement_rows(stats, decisions, "kill_task"),
         pauses=enforcement_rows(stats, decisions, "pause_agent"),
-        dashboard_url=stack.dashboard_url, seconds=seconds, tokens_by_agent=dict(stats.tokens),
+        dashboard_url=stack.dashboard_link, seconds=seconds, tokens_by_agent=dict(stats.tokens),
         status=live, top=top, waste=waste, spilled=stats.spilled,
     )
 

@@ -19,8 +19,9 @@ import structlog
 from schemas.errors import BudgetwardenError
 from ops.kafka.broker import KafkaBroker, Progress
 from streams.kafka import ensure_topics
-from sinks.http_json import ApiError, get_json
+from sinks.http_json import ApiError, ApiTokenError, get_json, read_api_token
 from sinks.procs import pid_alive, stop_group
+from streams.settings import Environment
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,29 @@ class Stack:
 
     @property
     def dashboard_url(self) -> str:
+        """The dashboard's address, without the token (safe to log and print)."""
         return f"http://127.0.0.1:{self.http_port}/"
+
+    @property
+    def api_token(self) -> str | None:
+        """What the worker's API wants: BUDGETWARDEN_API_TOKEN as the worker gets it (`extra_env`
+        over ours), else the token it generated into the data dir; None before it did."""
+        configured = Environment.read(self.extra_env or {}).api_token or Environment.read().api_token
+        try:
+            return read_api_token(self.data_dir, configured)
+        except ApiTokenError:
+            return None
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard with the token in the fragment (`#token=`: never sent to a server; the
+        page keeps it for the tab and removes it from the address bar). A secret: print it, do not log it."""
+        token = self.api_token
+        return f"{self.dashboard_url}#token={token}" if token else self.dashboard_url
+
+    def api(self, path: str, timeout_s: float = 30.0, **params: object) -> object:
+        """GET the worker's API with the token."""
+        return get_json(self.dashboard_url, path, timeout_s, token=self.api_token, **params)
 
     def up(self, progress: Progress | None = None, timeout_s: float = 120.0) -> str:
         """Start (or find running) broker and worker; returns the bootstrap address."""
@@ -83,8 +106,11 @@ class Stack:
         raise StackError(f"the worker did not serve {self.dashboard_url} within {timeout_s:.0f}s; see {self.worker_log}")
 
     def _http_ready(self) -> bool:
+        """Our worker answers: an authorized call (another process on the port would refuse our token)."""
+        if self.api_token is None:
+            return False
         try:
-            get_json(self.dashboard_url, "/api/live", timeout_s=1)
+            self.api("/api/live", timeout_s=1)
         except (ApiError, OSError, ValueError):
             return False
         return True

@@ -7,12 +7,14 @@ ClickHouse server every process may connect, so the CLI goes straight to it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from schemas.calendar import Calendar
 from schemas.errors import BudgetwardenError
 from sinks import queries as q
-from sinks.http_json import ApiError, get_json
+from sinks.http_json import ApiError, ApiTokenError, get_json, read_api_token, token_path
 from sinks.procs import pid_alive
 from sinks.sqlguard import check_read_only, check_select
 from sinks.backend import open_store
@@ -37,14 +39,34 @@ def owner_url(settings: WorkerSettings) -> str | None:
 
 
 class ApiAccess:
-    def __init__(self, url: str) -> None:
+    """The owner's API; every call carries `Authorization: Bearer <token>`."""
+
+    def __init__(self, url: str, token: str | Callable[[], str]) -> None:
         self.url = url.rstrip("/")
+        self._token = token  # or how to find it, at the first call (AccessError there, not here)
+
+    def __repr__(self) -> str:
+        return f"ApiAccess({self.url!r})"  # never the token
 
     def get(self, path: str, **params: Any) -> Any:
+        if callable(self._token):
+            self._token = self._token()
         try:
-            return get_json(self.url, path, **params)
+            return get_json(self.url, path, token=self._token, **params)
         except ApiError as err:
             raise AccessError(str(err)) from None
+
+
+def api_token(settings: WorkerSettings) -> str:
+    """The token for the owner's API: BUDGETWARDEN_API_TOKEN, else `<data-dir>/api-token`."""
+    try:
+        token = read_api_token(settings.data_dir, settings.api_token)
+    except ApiTokenError as err:
+        raise AccessError(str(err)) from None
+    if not token:
+        raise AccessError(f"a worker holds the store but there is no API token: set BUDGETWARDEN_API_TOKEN "
+                          f"or run as the user who can read {token_path(settings.data_dir)}")
+    return token
 
 
 class Access:
@@ -56,7 +78,7 @@ class Access:
         self.calendar = Calendar(self.rules.tz())  # the budgets' "today" in the rules' time zone
         self._store: Store | None = None
         url = None if settings.clickhouse_url else owner_url(settings)
-        self.api = ApiAccess(url) if url else None
+        self.api = ApiAccess(url, partial(api_token, settings)) if url else None
         self.via = "api" if url else ("server" if settings.clickhouse_url else "chdb")
 
     @property

@@ -3,10 +3,16 @@
 Only the process that holds the store (chDB allows one) serves it; the CLI and the
 dashboard talk to this. Every store call runs on the store thread, never on the loop.
 A dashboard dropped into `sinks/web/` is served at `/`.
+
+Every request passes `_guard` first: a `Host` that is not one of `allowed_hosts` gets 421
+(DNS rebinding), a POST (or any other non-GET) whose `Origin` is not this origin gets 403,
+and everything but `/`, `/healthz` and the static files needs `Authorization: Bearer
+<token>` (401). No GET changes state; `POST /api/sql` takes only an `application/json` body.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Callable, Collection, MutableSet
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,20 @@ _json = msgspec.json.Encoder()
 RUNNER_KEY = web.AppKey("runner", StoreRunner)
 LIVE_KEY = web.AppKey("live", object)
 RULES_KEY = web.AppKey("rules", object)
+TOKEN_KEY = web.AppKey("token", bytes)
+HOSTS_KEY = web.AppKey("hosts", object)
+
+PUBLIC_PATHS = frozenset({"/", "/healthz"})  # the static page holds no data; it asks for the token
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def allowed_hosts(bind_host: str, port: int) -> set[str]:
+    """The `Host` values the API answers: the bind address, 127.0.0.1, localhost and [::1],
+    each with the port (a browser leaves out :80 only)."""
+    names = {bind_host.lower(), "127.0.0.1", "localhost", "[::1]"}
+    names = {f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names}
+    hosts = {f"{n}:{port}" for n in names}
+    return hosts | names if port == 80 else hosts
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -72,12 +92,22 @@ def make_app(
     store: Store | StoreRunner,
     live_status: Callable[[], dict[str, Any]] | None = None,
     rules: RulesConfig | None = None,
+    *,
+    token: str,
+    hosts: Collection[str],
 ) -> web.Application:
+    """`token`: what `Authorization: Bearer` must carry. `hosts`: the allowed `Host` values
+    (`allowed_hosts`); pass a set and fill it once the port is known (port 0)."""
+    if not token:
+        raise ValueError("the HTTP API needs a token")
     runner = store if isinstance(store, StoreRunner) else StoreRunner(store)
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_guard, _errors])
     app[RUNNER_KEY] = runner
     app[LIVE_KEY] = live_status
     app[RULES_KEY] = rules
+    app[TOKEN_KEY] = token.encode()
+    app[HOSTS_KEY] = hosts if isinstance(hosts, MutableSet) else frozenset(hosts)
+    app.on_response_prepare.append(_hardening_headers)
 
     # "today", "this week", "this month" in the rules' time zone: the budgets' own calendar
     calendar = Calendar((rules or load_rules(None)).tz())
@@ -108,10 +138,16 @@ def make_app(
 
     async def sql(request: web.Request) -> web.Response:
         if request.method == "POST":
-            body = await request.text()
-            text = body
-            if request.content_type == "application/json":
-                text = str(msgspec.json.decode(body.encode()).get("q", ""))
+            if request.content_type != "application/json":  # a form or text/plain POST is what a foreign page can send
+                return json_response({"error": 'POST /api/sql takes an application/json body: {"q": "SELECT ..."}'},
+                                     status=415)
+            try:
+                body = msgspec.json.decode(await request.read())
+            except msgspec.DecodeError:
+                raise BadRequest("body", "not valid JSON") from None
+            if not isinstance(body, dict) or not isinstance(body.get("q"), str):
+                raise BadRequest("q", 'expected a JSON object {"q": "SELECT ..."}')
+            text = body["q"]
         else:
             text = request.query.get("q", "")
         try:  # ClickHouse parses it (EXPLAIN AST) on the store thread: only a plain SELECT passes
@@ -125,9 +161,13 @@ def make_app(
         status = app[LIVE_KEY]
         return json_response(status() if callable(status) else {})
 
+    async def healthz(request: web.Request) -> web.Response:
+        return json_response({"ok": True})
+
     app.router.add_get("/api/sql", sql)
     app.router.add_post("/api/sql", sql)
     app.router.add_get("/api/live", live)
+    app.router.add_get("/healthz", healthz)
     if WEB_DIR.is_dir():
         async def index(request: web.Request) -> web.StreamResponse:
             return web.FileResponse(WEB_DIR / "index.html")
@@ -135,6 +175,50 @@ def make_app(
         app.router.add_get("/", index)
         app.router.add_static("/", WEB_DIR)
     return app
+
+
+async def _hardening_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No framing (the token form), no referrer, no content sniffing."""
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+def _refuse(status: int, message: str, **headers: str) -> web.Response:
+    response = json_response({"error": message}, status=status)
+    response.headers.update(headers)
+    return response
+
+
+def _public(request: web.Request) -> bool:
+    """`/`, `/healthz` and the dashboard's static files: no data, no token."""
+    if request.method not in SAFE_METHODS:
+        return False
+    if request.path in PUBLIC_PATHS:
+        return True
+    route = request.match_info.route
+    return isinstance(route.resource, web.StaticResource) and not request.path.startswith("/api/")
+
+
+def _bearer(request: web.Request) -> bytes:
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    return credentials.strip().encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """Host (421), then Origin on anything but GET/HEAD/OPTIONS (403), then the token (401)."""
+    app = request.app
+    host = request.headers.get("Host", "").strip().lower()
+    if host not in app[HOSTS_KEY]:
+        return _refuse(421, "unexpected Host header: use the address the worker listens on (127.0.0.1 or localhost)")
+    origin = request.headers.get("Origin")
+    if request.method not in SAFE_METHODS and origin is not None and origin.strip().lower() != f"{request.scheme}://{host}":
+        return _refuse(403, "cross-origin request refused")
+    if not _public(request) and not hmac.compare_digest(_bearer(request), app[TOKEN_KEY]):
+        return _refuse(401, "missing or wrong API token (Authorization: Bearer <token>; see <data-dir>/api-token)",
+                       **{"WWW-Authenticate": 'Bearer realm="budgetwarden"'})
+    return await handler(request)
 
 
 @web.middleware

@@ -9,13 +9,15 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from sinks.http import make_app
+from sinks.http import allowed_hosts, make_app
+from sinks.http_json import ensure_api_token, token_path
 from sinks.backend import open_store
 from sinks.store import Store, StoreRunner, apply_schema
 from schemas.topics import Topics
@@ -32,6 +34,15 @@ def freeze_startup_heap() -> None:
     walked those ~85k objects in about 50 ms, five times per 300k rows, and evicted the
     writer's working set from the caches while it did."""
     gc.freeze()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _browser_host(host: str) -> str:
+    """Where a browser on this machine reaches a worker bound to `host` (0.0.0.0: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else _url_host(host)
 
 
 class SinkService:
@@ -71,16 +82,30 @@ class SinkService:
         await self.writer.start()
         rules = load_rules(self.settings.rules_path)
         live = self._live if self.live_status is None else self.live_status
-        app = make_app(self.runner, live, rules)
+        # the token exists before the API answers: a client that finds worker.json finds the token too
+        token, generated = ensure_api_token(self.settings.data_dir, self.settings.api_token)
+        hosts: set[str] = set()  # filled below, once the port is known (port 0 picks one)
+        app = make_app(self.runner, live, rules, token=token, hosts=hosts)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
         await site.start()
         port = self._http.addresses[0][1] if self._http.addresses else self.settings.http_port
-        self.http_url = f"http://{self.settings.http_host}:{port}"
+        hosts.update(allowed_hosts(self.settings.http_host, port))
+        self.http_url = f"http://{_url_host(self.settings.http_host)}:{port}"
         self.settings.worker_file.parent.mkdir(parents=True, exist_ok=True)
         self.settings.worker_file.write_text(json.dumps({"pid": os.getpid(), "http_url": self.http_url}))
         log.info("sink.started", http_url=self.http_url, **self.settings.describe())
+        dashboard = f"http://{_browser_host(self.settings.http_host)}:{port}/"
+        token_file = token_path(self.settings.data_dir)
+        log.info("sink.dashboard", open=dashboard,
+                 token_from="BUDGETWARDEN_API_TOKEN" if self.settings.api_token else str(token_file))
+        if generated:
+            # The one line that shows the token, the operator's first link to the dashboard; written
+            # past structlog on purpose (its redaction masks `token=` everywhere else).
+            sys.stderr.write(f"budgetwarden dashboard: {dashboard}#token={token}  "
+                             f"(API token generated into {token_file}; this link is shown once)\n")
+            sys.stderr.flush()
 
     def _live(self) -> dict[str, Any]:
         return {"sink": self.stats()}

@@ -4,7 +4,7 @@
 `Environment.read` looks at `os.environ`. Entry points (the CLI, the worker, an agent's
 `BudgetClient`) read it once and hand the values down; components never read the
 environment themselves. Secrets (the control key, SASL password, the password inside
-CLICKHOUSE_URL) live here but are never logged: `describe()` is the loggable view.
+CLICKHOUSE_URL, the API token) live here but are never logged: `describe()` is the loggable view.
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ ENV_VARS: dict[str, str] = {
     "BUDGETWARDEN_ROLLUP_TTL_DAYS": "days the hourly and daily rollups are kept (default: forever)",
     "BUDGETWARDEN_CACHE": "where `budgetwarden kafka fetch` keeps the Kafka jars (default .cache in the checkout)",
     "KAFKA_HEAP_OPTS": "JVM heap options of the local broker (default -Xms256m -Xmx1g)",
+    "BUDGETWARDEN_API_TOKEN": "bearer token every `/api/...` call needs (secret: never logged; at least 16 characters); "
+                              "unset: one generated at first start into `<data-dir>/api-token` (mode 0600)",
     "BUDGETWARDEN_ACTOR": "who `budget set`, `unset` and `delete` record as the author of a change (default: the OS user)",
 }
 PARENT_PID_VAR = "BUDGETWARDEN_PARENT_PID"  # internal: a worker hands it to its sink child
@@ -73,6 +75,7 @@ class Environment:
     kafka_heap_opts: str | None = None
     parent_pid: int | None = None
     actor: str = ""
+    api_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -100,7 +103,21 @@ class Environment:
             kafka_heap_opts=get("KAFKA_HEAP_OPTS") or None,
             parent_pid=_int(env, PARENT_PID_VAR),
             actor=get("BUDGETWARDEN_ACTOR", "").strip() or _os_user(),
+            api_token=_api_token(env),
         )
+
+
+MIN_API_TOKEN_CHARS = 16
+
+
+def _api_token(env: Mapping[str, str]) -> str | None:
+    token = env.get("BUDGETWARDEN_API_TOKEN", "").strip()
+    if not token:
+        return None
+    if len(token) < MIN_API_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError("BUDGETWARDEN_API_TOKEN", f"expected at least {MIN_API_TOKEN_CHARS} printable characters "
+                          "and no spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return token
 
 
 def _os_user() -> str:
@@ -132,6 +149,7 @@ class WorkerSettings:
     app_id: str = "budgetwarden"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     role: Role = "all"
+    api_token: str | None = field(default=None, repr=False)  # None: the one generated into the data dir
 
     @property
     def clickhouse_dir(self) -> Path:
@@ -153,7 +171,7 @@ class WorkerSettings:
         values: dict[str, object] = {
             "bootstrap": e.bootstrap, "data_dir": e.data_dir, "clickhouse_url": e.clickhouse_url,
             "http_host": e.http_host, "http_port": e.http_port, "control_key": e.control_key, "kafka": e.kafka,
-            "ttl_days": e.ttl_days, "rollup_ttl_days": e.rollup_ttl_days,
+            "ttl_days": e.ttl_days, "rollup_ttl_days": e.rollup_ttl_days, "api_token": e.api_token,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

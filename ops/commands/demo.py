@@ -79,7 +79,8 @@ def _print_report(result: Any) -> None:
                       str(c.get("recommendation", ""))[:90])
         console.print(w)
     console.print(f"events sent {result.events_sent:,}, stored in ClickHouse {result.events_stored:,}; "
-                  f"decisions {len(result.decisions)}; dashboard {result.dashboard_url}", highlight=False)
+                  f"decisions {len(result.decisions)}; dashboard (the link carries the API token) {result.dashboard_url}",
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -118,7 +119,8 @@ def register(app: typer.Typer) -> None:
                 _print_report(result)
             if keep:
                 (err_console if json_out else console).print(
-                    f"\nDashboard: {stack.dashboard_url}  — press Ctrl-C to stop everything.", highlight=False)
+                    f"\nDashboard: {stack.dashboard_link}  — press Ctrl-C to stop everything.", highlight=False,
+                    soft_wrap=True)
                 while True:
                     time.sleep(3600)
         except KeyboardInterrupt:

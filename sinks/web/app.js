@@ -61,8 +61,51 @@ function setHTML(id, html) {
   }
 }
 
+// API token --------------------------------------------------------------------------------
+// The worker prints a one-time link `http://127.0.0.1:PORT/#token=...`: the fragment never
+// reaches a server; the token moves to sessionStorage (this tab only) and leaves the address
+// bar and the history. Every API call sends it as a Bearer header.
+const TOKEN_KEY = "budgetwarden.api-token";
+
+function takeTokenFromUrl() {
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!m) return;
+  let token = "";
+  try { token = decodeURIComponent(m[1]).trim(); } catch (err) { token = ""; }
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+const apiToken = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+function askForToken(refused) {
+  document.body.classList.add("locked");
+  document.getElementById("auth").hidden = false;
+  document.getElementById("auth-error").hidden = !refused;
+  setHTML("updated", `<i class="dot off"></i>API token needed`);
+  document.getElementById("auth-token").focus();
+}
+
+document.getElementById("auth").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = document.getElementById("auth-token");
+  const token = input.value.trim();
+  input.value = "";
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  document.getElementById("auth").hidden = true;
+  document.body.classList.remove("locked");
+  refresh();
+});
+
+class Unauthorized extends Error {}
+
 async function getJSON(path) {
-  const resp = await fetch(path, { cache: "no-store" });
+  const resp = await fetch(path, { cache: "no-store", credentials: "omit", headers: { Authorization: "Bearer " + apiToken() } });
+  if (resp.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    throw new Unauthorized(path + ": the API token was refused");
+  }
   if (!resp.ok) throw new Error(path + ": HTTP " + resp.status);
   return resp.json();
 }
@@ -294,6 +337,10 @@ async function settle(promise, render, ...extra) {
 
 async function refresh() {
   if (state.busy) return;
+  if (!apiToken()) {
+    if (document.getElementById("auth").hidden) askForToken(false);
+    return;
+  }
   state.busy = true;
   try {
     // The live state is the heartbeat; every other panel fails on its own without blanking the page.
@@ -311,6 +358,7 @@ async function refresh() {
     document.body.classList.remove("stale");
     setHTML("updated", `<i class="dot"></i>live · ${clock(now)} UTC · policy v${esc(live.policy_version)}`);
   } catch (err) {
+    if (err instanceof Unauthorized) { askForToken(true); return; }
     document.body.classList.add("stale");
     setHTML("updated", `<i class="dot off"></i>worker unreachable (${esc(err.message)}) — retrying`);
   } finally {
@@ -333,5 +381,6 @@ document.getElementById("burn").addEventListener("mouseleave", () => {
   if (cursor) cursor.setAttribute("visibility", "hidden");
 });
 
+takeTokenFromUrl();
 refresh();
 setInterval(refresh, POLL_MS);

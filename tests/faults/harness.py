@@ -34,6 +34,7 @@ from schemas.contract import UsageEvent
 from schemas.normalize import normalize
 from schemas.pricing import PriceCatalog
 from schemas.calendar import Calendar
+from sinks.http_json import read_api_token
 
 T = TypeVar("T")
 
@@ -268,8 +269,14 @@ class WorkerProcess:
 
         return await eventually(fetch, check, timeout_s)
 
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """The worker's API token (BUDGETWARDEN_API_TOKEN, else the one it generated into its data dir)."""
+        token = read_api_token(self.data_dir, self.env.get("BUDGETWARDEN_API_TOKEN"))
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     async def sql(self, query: str) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=self.api_headers) as session:
             async with session.get(self.http_url + "/api/sql", params={"q": query}) as resp:
                 body = await resp.json()
         assert "rows" in body, body

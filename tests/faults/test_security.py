@@ -1,6 +1,6 @@
 """Hostile input and security on a real worker: secrets from the environment never reach its
 logs; forged, tampered and replayed control commands are refused by a signing agent; the SQL
-endpoint refuses writes and DDL and listens on 127.0.0.1."""
+endpoint needs the worker's token, refuses writes and DDL and listens on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 CH_PASSWORD = "ch-Pa55-never-logged"
 SASL_PASSWORD = "sasl-Pa55-never-logged"
 CONTROL_KEY = "control-key-never-logged"
+API_TOKEN = "api-token-never-logged-0123456789"
 
 
 async def test_kafka_and_clickhouse_secrets_from_the_environment_never_reach_the_logs(
@@ -33,6 +34,7 @@ async def test_kafka_and_clickhouse_secrets_from_the_environment_never_reach_the
     worker = workers(kafka_bootstrap, prefix(), env={
         "CLICKHOUSE_URL": f"http://budget:{CH_PASSWORD}@127.0.0.1:9/budgetwarden",
         "KAFKA_SASL_USERNAME": "budget", "KAFKA_SASL_PASSWORD": SASL_PASSWORD, "BUDGETWARDEN_CONTROL_KEY": CONTROL_KEY,
+        "BUDGETWARDEN_API_TOKEN": API_TOKEN,
     })
     worker.launch()
     assert worker.proc is not None
@@ -43,7 +45,7 @@ async def test_kafka_and_clickhouse_secrets_from_the_environment_never_reach_the
     worker.ensure_stopped()
     log = worker.log_path.read_text(errors="replace")
     assert "worker.starting" in log and "budget:***@127.0.0.1:9" in log, log[-3000:]
-    for secret in (CH_PASSWORD, SASL_PASSWORD, CONTROL_KEY):
+    for secret in (CH_PASSWORD, SASL_PASSWORD, CONTROL_KEY, API_TOKEN):
         assert secret not in log
 
 
@@ -92,15 +94,27 @@ async def test_a_signing_worker_kills_for_real_and_forged_tampered_replayed_comm
         with pytest.raises(TaskKilled):
             await asyncio.wait_for(running, 10)
 
-    # the SQL endpoint of the same worker: loopback only, reads only
+    # the SQL endpoint of the same worker: loopback only, the token the worker generated (0600), reads only
     assert worker.http_url.startswith("http://127.0.0.1:")
-    async with aiohttp.ClientSession() as session:
+    assert (worker.data_dir / "api-token").stat().st_mode & 0o777 == 0o600
+    token = worker.api_headers["Authorization"].removeprefix("Bearer ")
+    log = worker.log_path.read_text(errors="replace")
+    assert log.count(token) == 1 and f"/#token={token}" in log  # logged once: the dashboard link
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(worker.http_url + "/api/sql", params={"q": "SELECT 1"}) as resp:
+            assert resp.status == 401
+        async with anonymous.post(worker.http_url + "/api/sql", data="SELECT 1", headers={
+                "Origin": "http://evil.example", **worker.api_headers}) as resp:
+            assert resp.status == 403
+    async with aiohttp.ClientSession(headers=worker.api_headers) as session:
         for statement in ("INSERT INTO budgetwarden.decisions (decision_id) VALUES ('x')", "DROP TABLE budgetwarden.decisions",
                           "CREATE TABLE budgetwarden.t (x Int8) ENGINE = Memory", "SELECT 1; DROP TABLE budgetwarden.decisions",
                           "ALTER TABLE budgetwarden.decisions DELETE WHERE 1", "TRUNCATE TABLE budgetwarden.usage_events"):
             for request in (session.get(worker.http_url + "/api/sql", params={"q": statement}),
-                            session.post(worker.http_url + "/api/sql", data=statement)):
+                            session.post(worker.http_url + "/api/sql", json={"q": statement})):
                 async with request as resp:
                     assert resp.status == 400, statement
                     assert "error" in await resp.json()
+            async with session.post(worker.http_url + "/api/sql", data=statement) as resp:  # text/plain: what a page can send
+                assert resp.status == 415
     assert await worker.sql("SELECT count() AS n FROM system.tables WHERE database = 'budgetwarden' AND name = 't'") == [{"n": 0}]

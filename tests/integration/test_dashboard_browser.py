@@ -66,12 +66,13 @@ def _bars(elements: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {e["data-agent"]: e for e in elements if "bar" in e.get("class", "").split() and "data-agent" in e}
 
 
-async def _fleet_reporting(base: str, timeout_s: float = 90.0) -> None:
+async def _fleet_reporting(stack: Stack, timeout_s: float = 90.0) -> None:
     """Until the worker serves and the processor has seen a few agents (the fleet is running)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            if len((await asyncio.to_thread(get_json, base, "/api/live", 10)).get("agents", {})) >= 3:
+        try:  # the token: generated into the data dir by the worker once it starts
+            live = await asyncio.to_thread(get_json, stack.dashboard_url, "/api/live", 10, token=stack.api_token)
+            if len(live.get("agents", {})) >= 3:
                 return
         except (ApiError, OSError):
             pass
@@ -84,11 +85,13 @@ async def test_dashboard_shows_fleet_kill_and_pause(tmp_path: Path) -> None:
     base = stack.dashboard_url
     demo = asyncio.create_task(run_demo(stack, FLEET_S))
     try:
-        await asyncio.wait({demo, asyncio.create_task(_fleet_reporting(base))}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({demo, asyncio.create_task(_fleet_reporting(stack))}, return_when=asyncio.FIRST_COMPLETED)
         if demo.done():
             demo.result()  # the demo failed before the fleet reported: raise its error
+        link = stack.dashboard_link  # the one-time link: http://127.0.0.1:PORT/#token=...
+        assert link.startswith(base + "#token=")
         # While the fleet runs: the page renders agents and money without a reload.
-        during = _elements(await asyncio.to_thread(_chromium, base, tmp_path / "chrome1", "--dump-dom"))
+        during = _elements(await asyncio.to_thread(_chromium, link, tmp_path / "chrome1", "--dump-dom"))
         assert len(_bars(during)) >= 3
         assert int(_by_id(during, "kpi-cost")["data-value"]) > 0
         assert int(_by_id(during, "kpi-tokens")["data-value"]) > 0
@@ -99,9 +102,11 @@ async def test_dashboard_shows_fleet_kill_and_pause(tmp_path: Path) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "dashboard.png"
         shot.unlink(missing_ok=True)
-        dom = await asyncio.to_thread(_chromium, base, tmp_path / "chrome2", "--dump-dom", f"--screenshot={shot}",
+        dom = await asyncio.to_thread(_chromium, link, tmp_path / "chrome2", "--dump-dom", f"--screenshot={shot}",
                                       budget_ms=7000, height=1380)
-        minutes = await asyncio.to_thread(get_json, base, "/api/burn/minutes", 10, minutes=60)
+        minutes = await asyncio.to_thread(get_json, base, "/api/burn/minutes", 10, token=stack.api_token, minutes=60)
+        # without the token the page shows its form and no data
+        locked = _elements(await asyncio.to_thread(_chromium, base, tmp_path / "chrome3", "--dump-dom", budget_ms=2000))
     finally:
         if not demo.done():
             demo.cancel()
@@ -129,4 +134,7 @@ async def test_dashboard_shows_fleet_kill_and_pause(tmp_path: Path) -> None:
     assert "p99" in dom and "Most expensive tasks" in dom
 
     assert len(minutes["minutes"]) == 60 and minutes["total_nano_usd"] > 0
+    assert "hidden" not in _by_id(locked, "auth") and "locked" in next(e for e in locked if e["tag"] == "body").get("class", "")
+    assert not _bars(locked)
+    assert "hidden" in _by_id(els, "auth")  # with the link: no form
     assert shot.stat().st_size > 50_000  # a real picture, not a blank page

@@ -32,7 +32,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoResult]:
 
 def test_every_event_is_stored_once(demo: DemoResult) -> None:
     assert demo.events_sent > 200
-    assert demo.events_stored == demo.events_sent
+    assert demo.events_stored == demo.events_sent  # read over the API with the worker's token
+    assert "/#token=" in demo.dashboard_url  # the printed link opens the dashboard with the token
 
 
 def test_looping_agent_is_killed_within_a_second(demo: DemoResult) -> None:

@@ -204,7 +204,8 @@ async def test_service_http_api_and_read_only_sql(kafka_bootstrap: str, producer
         await producer.flush()
         assert service.writer is not None
         await until(lambda: service.writer is not None and service.writer.stats.rows_written >= 30)
-        async with aiohttp.ClientSession() as http:
+        token = (tmp_path / "api-token").read_text().strip()  # generated at start (no BUDGETWARDEN_API_TOKEN)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
             async with http.get(f"{service.http_url}/api/top", params={"by": "agent", "period": "all", "limit": "2"}) as r:
                 top = await r.json()
             assert r.status == 200 and len(top) == 2 and top[0]["nano_usd"] >= top[1]["nano_usd"]
@@ -214,10 +215,10 @@ async def test_service_http_api_and_read_only_sql(kafka_bootstrap: str, producer
                     assert r.status == 400, bad
             # the second guard: a SELECT that tries to write through a table function
             async with http.post(f"{service.http_url}/api/sql",
-                                 data=f"SELECT * FROM numbers(1) SETTINGS readonly = 0") as r:
+                                 json={"q": "SELECT * FROM numbers(1) SETTINGS readonly = 0"}) as r:
                 assert r.status == 400
             async with http.post(f"{service.http_url}/api/sql",
-                                 data=f"SELECT count() AS n FROM {store.database}.usage_events FINAL") as r:
+                                 json={"q": f"SELECT count() AS n FROM {store.database}.usage_events FINAL"}) as r:
                 body = await r.json()
             assert r.status == 200 and body["rows"] == [{"n": 30}]
             async with http.get(f"{service.http_url}/api/live") as r:

@@ -35,7 +35,10 @@ DB = "t_grafana"
 
 
 def _defaults(value: str) -> str:
-    """Compose interpolation with no variables set: `${X:-default}` -> default, `${X}` -> ''."""
+    """Compose interpolation with no optional variables set: `${X:-default}` -> default, `${X}` -> '';
+    a required `${X:?message}` (every secret: compose refuses to start without it) stands for the
+    operator's value, here `<X-from-the-environment>`."""
+    value = re.sub(r"\$\{([A-Z_]+):?\?[^}]*\}", lambda m: f"<{m.group(1)}-from-the-environment>", value)
     return re.sub(r"\$\{[A-Z_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
 
 
@@ -100,7 +103,7 @@ def test_worker_environment_is_what_the_worker_reads(monkeypatch: pytest.MonkeyP
     listeners = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert "PLAINTEXT://kafka:9092" in listeners  # the address the worker bootstraps from is advertised
     assert settings.http_host == "0.0.0.0"
-    assert f"{settings.http_port}:{settings.http_port}" in SERVICES["worker"]["ports"]
+    assert f"127.0.0.1:{settings.http_port}:{settings.http_port}" in SERVICES["worker"]["ports"]  # host loopback only
     ch = SERVICES["clickhouse"]["environment"]
     url = settings.clickhouse_url or ""
     assert url.startswith(f"http://{ch['CLICKHOUSE_USER']}:") and url.endswith(f"@clickhouse:8123/{ch['CLICKHOUSE_DB']}")
