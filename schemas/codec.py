@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from schemas.clock import system_ms
 from schemas.errors import BadInput
 from schemas.contract import (
+    MAX_BATCH_EVENTS,
+    SCHEMA_VERSION,
     AgentStateRecord,
     ControlCommand,
     Decision,
     DeadLetter,
     Policy,
+    TaskEnd,
     UsageBatch,
     UsageEvent,
+    Version,
 )
 
 T = TypeVar("T")
@@ -164,11 +168,23 @@ class _Decoder:
             raise _as_bad_input(err) from None
 
 
+class _UntaggedBatch(msgspec.Struct, tag="usage_batch", tag_field="type", kw_only=True):
+    """A batch as it decoded before `TaskEnd` could share one: a tagged struct alone takes its tag
+    as optional, so events without `type` were valid there (see `UsageDecoder._untagged`)."""
+
+    events: Annotated[list[UsageEvent], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+    v: Version = SCHEMA_VERSION
+
+
 class UsageDecoder(_Decoder):
     """Decodes a `usage.events` message (one event or a batch) into a list of events.
 
     A batch is all-or-nothing: a batch with one bad event is rejected whole, with the
     index of the bad event in `field`, because its producer sent it as one unit.
+
+    `task_end` messages (alone or inside a batch) are valid input: with `task_ends=True` (the
+    processor) they come back in the list beside the usage events, in message order; by default
+    (the sink, tests, benchmarks) they are left out, so callers see usage events only.
     """
 
     def __init__(
@@ -176,12 +192,15 @@ class UsageDecoder(_Decoder):
         now_ms: Callable[[], int] = system_ms,
         max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
         max_bytes: int = MAX_MESSAGE_BYTES,
+        task_ends: bool = False,
     ) -> None:
-        super().__init__(UsageEvent | UsageBatch, max_bytes)
+        super().__init__(UsageEvent | UsageBatch | TaskEnd, max_bytes)
         self._now_ms = now_ms
         self._max_future_ms = max_future_ms
+        self._task_ends = task_ends
+        self._untagged_decode = msgspec.json.Decoder(_UntaggedBatch).decode
 
-    def decode(self, raw: bytes | str) -> list[UsageEvent]:
+    def decode(self, raw: bytes | str) -> list[UsageEvent]:  # TaskEnd too with task_ends=True
         events, _, bad = self.decode_each([raw])
         if bad:
             raise bad[0][1]
@@ -200,17 +219,28 @@ class UsageDecoder(_Decoder):
         bad: list[tuple[int, BadInput]] = []
         for i, value in enumerate(values):
             try:
-                # `_decode`'s checks inlined for the common message that cannot be too big or too
-                # deep (bytes, small, no `[`, few `{`): a call less per message pays for the count
-                if type(value) is bytes and len(value) <= small and 91 not in value and value.count(b"{") <= MAX_DEPTH:
-                    msg = decode(value)
-                else:
-                    msg = checked(value)
+                try:
+                    # `_decode`'s checks inlined for the common message that cannot be too big or too
+                    # deep (bytes, small, no `[`, few `{`): a call less per message pays for the count
+                    if type(value) is bytes and len(value) <= small and 91 not in value and value.count(b"{") <= MAX_DEPTH:
+                        msg = decode(value)
+                    else:
+                        msg = checked(value)
+                except MemoryError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - BadInput unless a batch of untagged events
+                    msg = self._untagged(value, err)
                 if type(msg) is single:
                     if msg.ts_ms > limit:
                         raise self._future(msg, "ts_ms")
                     events.append(msg)
                     index.append(i)
+                elif type(msg) is TaskEnd:
+                    if msg.ts_ms > limit:
+                        raise self._future(msg, "ts_ms")
+                    if self._task_ends:
+                        events.append(msg)  # type: ignore[arg-type]
+                        index.append(i)
                 else:
                     batch = self._batch_events(msg, limit)
                     events += batch
@@ -223,17 +253,36 @@ class UsageDecoder(_Decoder):
                 bad.append((i, _as_bad_input(err)))
         return events, index, bad
 
-    def _batch_events(self, msg: UsageBatch, limit: int) -> list[UsageEvent]:
+    def _batch_events(self, msg: UsageBatch | _UntaggedBatch, limit: int) -> list[UsageEvent]:
         seen: set[str] = set()
+        usage, ends = UsageEvent, False
         for i, event in enumerate(msg.events):  # field names are built only for the error
             if event.ts_ms > limit:
                 raise self._future(event, f"events[{i}].ts_ms")
             if event.event_id in seen:
                 raise BadInput(f"events[{i}].event_id", f"duplicate event_id {event.event_id!r} in one batch")
             seen.add(event.event_id)
-        return msg.events
+            if type(event) is not usage:
+                ends = True
+        if ends and not self._task_ends:
+            return [e for e in msg.events if type(e) is usage]  # type: ignore[misc]
+        return msg.events  # type: ignore[return-value]
 
-    def _future(self, event: UsageEvent, field: str) -> BadInput:
+    def _untagged(self, value: object, err: Exception) -> UsageBatch | _UntaggedBatch:
+        """`err` as BadInput, unless it only says that a batch's event has no `type`: such a batch
+        is decoded as before task_end existed, as usage events (an error path: the common one pays
+        nothing)."""
+        bad = _as_bad_input(err)
+        if not (bad.field.startswith("events[") and bad.field.endswith("].type") and bad.reason == "required field is missing"):
+            raise bad from None
+        try:
+            return self._untagged_decode(_as_bytes(value))
+        except MemoryError:
+            raise
+        except Exception as again:  # noqa: BLE001 - whatever it is, this message's fault
+            raise _as_bad_input(again) from None
+
+    def _future(self, event: UsageEvent | TaskEnd, field: str) -> BadInput:
         return BadInput(field, f"timestamp {event.ts_ms} is more than {self._max_future_ms} ms in the future")
 
 

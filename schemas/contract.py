@@ -36,6 +36,7 @@ Tags = Annotated[
 Provider = Literal["openai", "anthropic", "google", "bedrock", "azure", "other"]
 Criticality = Literal["critical", "normal"]
 CallStatus = Literal["ok", "error", "retry"]
+TaskStatus = Literal["ok", "error", "killed"]
 Severity = Literal["P1", "P2", "P3"]
 Action = Literal[
     "allow",
@@ -86,6 +87,7 @@ class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defau
     prompt_hash: OptName = ""
     tool: OptName = ""
     tags: Tags = {}
+    task_type: OptName = ""  # optional (v1): the kind of task (`task(id, task_type=...)`), repeated on its events
 
     @property
     def total_tokens(self) -> int:
@@ -98,10 +100,27 @@ class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defau
         )
 
 
-class UsageBatch(Struct, tag="usage_batch", tag_field="type", kw_only=True):
-    """Many usage events in one Kafka message (gateways, busy agents)."""
+class TaskEnd(Struct, tag="task_end", tag_field="type", kw_only=True, omit_defaults=True, gc=False):
+    """A task is over (sent on `usage.events` by the client's task scope on exit; key `agent_id`).
 
-    events: Annotated[list[UsageEvent], Meta(max_length=MAX_BATCH_EVENTS)]
+    `status`: `ok` (the block completed), `error` (it raised), `killed` (TaskKilled). The
+    processor learns the sizes of completed tasks from it (estimates); `event_id` dedupes it
+    like a usage event. The sink stores nothing of it."""
+
+    event_id: EventId
+    ts_ms: TimestampMs
+    agent_id: Name
+    task_id: Name
+    status: TaskStatus
+    task_type: OptName = ""
+    v: Version = SCHEMA_VERSION
+
+
+class UsageBatch(Struct, tag="usage_batch", tag_field="type", kw_only=True):
+    """Many usage events in one Kafka message (gateways, busy agents); a task_end may travel in
+    it too (the client's publisher groups whatever it queued for the agent)."""
+
+    events: Annotated[list[UsageEvent | TaskEnd], Meta(max_length=MAX_BATCH_EVENTS)]
     v: Version = SCHEMA_VERSION
 
 
@@ -232,8 +251,8 @@ class DeadLetter(Struct, tag="deadletter", tag_field="type", kw_only=True, omit_
     v: Version = SCHEMA_VERSION
 
 
-UsageMessage = UsageEvent | UsageBatch
-AnyMessage = UsageEvent | UsageBatch | Decision | ControlCommand | Policy | DeadLetter
+UsageMessage = UsageEvent | UsageBatch | TaskEnd
+AnyMessage = UsageEvent | UsageBatch | TaskEnd | Decision | ControlCommand | Policy | DeadLetter
 
 TOPIC_MESSAGES: dict[str, type] = {
     "usage.events": UsageMessage,  # type: ignore[dict-item]

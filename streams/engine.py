@@ -21,7 +21,7 @@ import msgspec
 import structlog
 
 from schemas.codec import BadInput, UsageDecoder
-from schemas.contract import ControlCommand, Decision, DeadLetter, Limits, UsageEvent
+from schemas.contract import ControlCommand, Decision, DeadLetter, Limits, TaskEnd, UsageEvent
 from schemas.pricing import PriceCatalog
 from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
@@ -116,6 +116,7 @@ class EngineOutput:
     commands: list[ControlCommand] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
     counted: int = 0
+    task_ends: int = 0  # task_end events applied (not in `counted`: they carry no usage)
     duplicates: int = 0
     redelivered: int = 0  # messages handed twice by the consumer (a rebalance), skipped
     gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (partition, expected offset, got)
@@ -168,7 +169,7 @@ class Engine:
         # partition → the offset after the last message seen: a message above it means the consumer
         # skipped some (a lower one is a re-delivery after a seek, which `upto` handles)
         self._next_offset: dict[int, int] = {}
-        self._decode = UsageDecoder(now_ms).decode
+        self._decode = UsageDecoder(now_ms, task_ends=True).decode
         self.set_config(config)
 
     def set_config(self, config: RulesConfig) -> None:
@@ -256,6 +257,7 @@ class Engine:
         last: dict[int, int] = {}  # partition → last offset of the batch
         price = self.catalog.price
         agents = self.agents
+        task_end = TaskEnd
         next_offset = self._next_offset
         for msg in messages:
             p, o = msg.partition, msg.offset
@@ -295,6 +297,12 @@ class Engine:
                     out.duplicates += 1
                     if fresh:
                         agent.duplicates += 1
+                    continue
+                if ev.__class__ is task_end:  # deduped and replay-safe like a usage event; no usage to count
+                    if fresh:
+                        out.task_ends += 1
+                        agent.remember(h, pos)
+                        self._end_task(agent, ev, p)  # type: ignore[arg-type]
                     continue
                 tokens = ev.input_tokens + ev.output_tokens + ev.cache_read_tokens + ev.cache_write_tokens + ev.cache_write_1h_tokens
                 nano = price(ev.model, ev.provider, ev.ts_ms, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
@@ -362,10 +370,12 @@ class Engine:
         if not ev.task_id:
             return
         tasks = agent.tasks
-        if ev.task_id not in tasks and len(tasks) >= TASKS_CAP:  # agent.task() evicts the least recently active
-            evicted = (agent.agent_id, next(iter(tasks)))
-            self._unsaved_tasks.pop(evicted, None)
-            self._evicted_tasks[evicted] = p
+        if ev.task_id not in tasks:
+            self._sweep(agent, ev.ts_ms, p)
+            if len(tasks) >= TASKS_CAP:  # agent.task() evicts the least recently active
+                evicted = (agent.agent_id, next(iter(tasks)))
+                self._unsaved_tasks.pop(evicted, None)
+                self._evicted_tasks[evicted] = p
         task = agent.task(ev.task_id, ev.ts_ms)
         self._evicted_tasks.pop((agent.agent_id, ev.task_id), None)
         self._unsaved_tasks[(agent.agent_id, ev.task_id)] = (task, p)
@@ -376,6 +386,12 @@ class Engine:
             task.last_ts = ev.ts_ms
         if ev.task_estimated_tokens is not None:  # the same figure on every event of the task: kept, not summed
             task.task_estimate = ev.task_estimated_tokens
+        if ev.task_type:
+            task.task_type = ev.task_type
+        if task.events == 1 and not task.task_estimate:  # a new task without an estimate of its own: the
+            est = self.config.rules.estimate_overrun     # learned one, as of its start (once per task)
+            if est.learn_min_tasks:
+                task.learned_estimate = agent.estimate(task.task_type, est.learn_min_tasks, est.learn_quantile)
         if ev.estimated_tokens is not None:
             task.est_tokens += ev.estimated_tokens
             task.est_observed += tokens
@@ -385,6 +401,42 @@ class Engine:
         task.step_tokens += tokens
         for d in task_decisions(self.emitter, agent, ev.task_id, task, ev, limits):
             self._decided(d, out)
+
+    def _end_task(self, agent: AgentState, ev: TaskEnd, p: int) -> None:
+        """A task_end: the task is over; a completed one (`ok`, not killed) teaches the agent's
+        task sizes. Once only: a second task_end for the task (another event_id) finds it ended.
+        A task not in state (no usage seen, or evicted) teaches nothing."""
+        task = agent.tasks.get(ev.task_id)
+        if task is None or task.ended:
+            return
+        task.ended = True
+        if ev.task_type and not task.task_type:
+            task.task_type = ev.task_type
+        self._unsaved_tasks[(agent.agent_id, ev.task_id)] = (task, p)
+        if ev.status == "ok" and not task.killed:
+            agent.learn(task.tokens, task.task_type)
+
+    def _sweep(self, agent: AgentState, now_ts: int, p: int) -> None:
+        """Before a new task: the tasks with no event for `task_idle_ms` (event time, so a replay
+        sweeps the same) are over. One not ended by a task_end (an agent that sends none, or one
+        lost) counts as completed unless it was killed; every one leaves memory and the changelog.
+        `tasks` runs least recently active first, so the sweep stops at the first live task."""
+        idle = self.config.rules.estimate_overrun.task_idle_ms
+        tasks = agent.tasks
+        if not idle or not tasks:
+            return
+        cutoff = now_ts - idle
+        while tasks:
+            task_id = next(iter(tasks))
+            task = tasks[task_id]
+            if task.last_ts > cutoff:
+                return
+            del tasks[task_id]
+            if not task.ended and not task.killed:
+                agent.learn(task.tokens, task.task_type)
+            key = (agent.agent_id, task_id)
+            self._unsaved_tasks.pop(key, None)
+            self._evicted_tasks[key] = p
 
     def _decided(self, decision: Decision, out: EngineOutput, expires_ms: int | None = None) -> None:
         agent = self.agents[decision.agent_id]

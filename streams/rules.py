@@ -182,16 +182,24 @@ def task_decisions(
                              message=f"Agent {name} runaway: task {task_id} used {task.tokens} tokens, over "
                                      f"{rules.runaway_detected.factor:g}x its {limits.task_tokens}-token task limit"))
     # the task's own estimate compares with all its tokens; else the calls that carried a per-call
-    # estimate compare with the sum of those estimates
-    estimate, used = (task.task_estimate, task.tokens) if task.task_estimate else (task.est_tokens, task.est_observed)
+    # estimate compare with the sum of those estimates; else, with neither, the estimate learned
+    # from the agent's completed tasks (of this type) compares with all its tokens
+    learned = False
+    if task.task_estimate:
+        estimate, used = task.task_estimate, task.tokens
+    elif task.est_tokens:
+        estimate, used = task.est_tokens, task.est_observed
+    else:
+        estimate, used, learned = task.learned_estimate, task.tokens, True
     if estimate > 0:
         est = rules.estimate_overrun
         ratio = used / estimate
         level = "kill" if ratio > est.kill else "warn" if ratio > est.warn else ""
         if level:
+            kind = "learned estimate" if learned else "estimate"
             hits.append(dict(rule="estimate_overrun", level=level, observed=used, limit=estimate,
                              unit="tokens", message=f"Agent {name} task {task_id} used {used} tokens, "
-                                                    f"{ratio:.1f}x its estimate of {estimate}"))
+                                                    f"{ratio:.1f}x its {kind} of {estimate}"))
     if limits.step_tokens is not None and task.step_tokens > limits.step_tokens and rules.step_overrun.enabled:
         hits.append(dict(rule="step_overrun", level=f"step{task.step}", observed=task.step_tokens,
                          limit=limits.step_tokens, unit="tokens",

@@ -35,8 +35,23 @@ class LoopParams(Struct, forbid_unknown_fields=True):
 
 
 class EstimateParams(Struct, forbid_unknown_fields=True):
+    """`warn` / `kill`: the ladder's factors over a task's estimate. A task with no estimate of
+    its own is judged against a learned one once its agent has `learn_min_tasks` completed tasks
+    (of its task_type, else of any type; 0: never learn): quantile `learn_quantile` of their
+    sizes. p95 by default, because a kill at 2.5x of p95 hits almost no normal task (a lognormal
+    task size with sigma 1 passes it 0.5% of the time, with sigma 0.5 0.03%; at p90, 1.4%),
+    while a runaway still stops at a few times the usual size. Only completed tasks teach (status
+    `ok`, or idle; not killed or failed ones), so a new task_type much bigger than the agent's
+    other tasks is killed against the agent's sizes until it is given an estimate of its own
+    (`task(id, estimated_tokens=..., task_type=...)`) for its first `learn_min_tasks` tasks.
+    A task with no event for `task_idle_ms` (event time) ends when the agent's tasks are next
+    swept (when it starts a new task)."""
+
     warn: Factor = 2.0
     kill: Factor = 2.5
+    learn_min_tasks: Annotated[int, Meta(ge=0)] = 20
+    learn_quantile: Annotated[float, Meta(gt=0, le=1)] = 0.95
+    task_idle_ms: Annotated[int, Meta(ge=0)] = 30 * 60 * 1000  # 0: tasks end only by task_end (or eviction)
 
 
 class SpikeParams(Struct, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ all of history.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import msgspec
 from msgspec import Struct
@@ -23,6 +24,10 @@ FIRED_CAP = 512
 HASHES_CAP = 256  # recent (step, prompt_hash) per task, for loop detection
 AGENTS_PER_DIM_CAP = 64
 POS_SHIFT = 44  # position = partition << 44 | offset
+TYPES_CAP = 16  # task types whose sizes an agent learns (least recently ended forgotten)
+SIZE_GAMMA = 1.1  # task size buckets: (GAMMA^(i-1), GAMMA^i]; a bucket's value is within 4.8% of its members
+SIZE_WINDOW = 500  # tasks per half of a size sketch: it describes the last 500-1,000 ended tasks
+_LOG_GAMMA = math.log(SIZE_GAMMA)
 
 
 def position(partition: int, offset: int) -> int:
@@ -48,6 +53,55 @@ class TaskState(Struct, array_like=True):
     fired: list[str] = []  # decision ids already emitted for this task
     killed: bool = False
     task_estimate: int = 0  # the whole task's estimate (`task(estimated_tokens=...)`); 0: none given
+    task_type: str = ""
+    learned_estimate: int = 0  # from the sizes of the agent's ended tasks (of this type), set once; 0: none
+    ended: bool = False  # a task_end (or the idle sweep) ended it: its size was learned, or never will be
+
+
+class TaskSizes(Struct, array_like=True):
+    """Sizes (tokens) of ended tasks: a streaming quantile sketch in a few hundred bytes.
+
+    A log-bucket histogram (DDSketch's idea without its protobuf): a task of `n` tokens counts in
+    bucket `ceil(log_GAMMA(n))`, so any quantile is read back within (GAMMA-1)/(GAMMA+1) = 4.8%
+    of a true member's size, whatever the distribution; a lognormal's tasks fill a few dozen
+    buckets (msgpack: ~3-5 bytes each). Two halves of SIZE_WINDOW tasks each (`current` fills,
+    then becomes `previous`): the sketch forgets tasks older than 500-1,000 ends, so an agent
+    whose tasks grow is judged on what it does now, and the counts stay exact integers (no
+    decay factor, no rounding) and deterministic on replay."""
+
+    current: dict[int, int] = {}  # bucket -> tasks
+    count: int = 0
+    previous: dict[int, int] = {}
+    previous_count: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.count + self.previous_count
+
+    def add(self, tokens: int) -> None:
+        if self.count >= SIZE_WINDOW:
+            self.previous, self.previous_count = self.current, self.count
+            self.current, self.count = {}, 0
+        b = math.ceil(math.log(tokens) / _LOG_GAMMA) if tokens > 0 else -1  # -1: tasks of 0 tokens
+        self.current[b] = self.current.get(b, 0) + 1
+        self.count += 1
+
+    def quantile(self, q: float) -> int:
+        """The size at quantile `q` (0 when empty): the value of the bucket holding the
+        ceil(q * total)-th smallest task."""
+        total = self.total
+        if not total:
+            return 0
+        merged = dict(self.previous)
+        for b, n in self.current.items():
+            merged[b] = merged.get(b, 0) + n
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for b in sorted(merged):
+            seen += merged[b]
+            if seen >= rank:
+                return 0 if b < 0 else max(1, round(2 * SIZE_GAMMA ** b / (SIZE_GAMMA + 1)))
+        return 0  # not reached
 
 
 class AgentState(Struct, array_like=True):
@@ -63,6 +117,8 @@ class AgentState(Struct, array_like=True):
     events: int = 0
     duplicates: int = 0
     paused_until: int = 0
+    sizes: TaskSizes = msgspec.field(default_factory=TaskSizes)  # every ended task of the agent
+    type_sizes: dict[str, TaskSizes] = {}  # per task_type, least recently ended first (TYPES_CAP)
 
     def remember(self, h: int, pos: int) -> None:
         seen = self.seen
@@ -81,6 +137,29 @@ class AgentState(Struct, array_like=True):
             task = TaskState(first_ts=ts_ms, last_ts=ts_ms)
         tasks[task_id] = task
         return task
+
+    def learn(self, tokens: int, task_type: str) -> None:
+        """A task of `tokens` tokens completed: into the agent's sizes and its type's."""
+        self.sizes.add(tokens)
+        if task_type:
+            types = self.type_sizes
+            sizes = types.pop(task_type, None)
+            if sizes is None:
+                sizes = TaskSizes()
+                if len(types) >= TYPES_CAP:
+                    del types[next(iter(types))]
+            types[task_type] = sizes
+            sizes.add(tokens)
+
+    def estimate(self, task_type: str, min_tasks: int, q: float) -> int:
+        """The learned size of a task of `task_type`: quantile `q` of the type's ended tasks once
+        there are `min_tasks` of them, else of all the agent's; 0 until the agent has that many."""
+        sizes = self.type_sizes.get(task_type) if task_type else None
+        if sizes is None or sizes.total < min_tasks:
+            sizes = self.sizes
+            if sizes.total < min_tasks:
+                return 0
+        return sizes.quantile(q)
 
     def add_session(self, session_id: str, tokens: int) -> None:
         sessions = self.sessions

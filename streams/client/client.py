@@ -33,7 +33,7 @@ import structlog
 
 from schemas.clock import Clock, system_ms
 from schemas.codec import decode_agent_state
-from schemas.contract import FLEET_KEY, ControlCommand, UsageEvent, team_key
+from schemas.contract import FLEET_KEY, ControlCommand, TaskEnd, UsageEvent, team_key
 from schemas.errors import BadInput
 from schemas.topics import Topics
 from schemas.normalize import CanonicalUsage, normalize
@@ -62,12 +62,16 @@ def default_spill_dir(base: Path, agent_id: str) -> Path:
 
 
 class TaskScope:
-    """One unit of work (`async with bw.task(...)`): attributes events, numbers steps, can be killed."""
+    """One unit of work (`async with bw.task(...)`): attributes events, numbers steps, can be killed.
+    On exit it queues a `task_end` (status `killed` after TaskKilled, `error` when the block
+    raised, else `ok`), from which the processor learns the agent's task sizes."""
 
-    def __init__(self, client: BudgetClient, task_id: str, estimated_tokens: int | None) -> None:
+    def __init__(self, client: BudgetClient, task_id: str, estimated_tokens: int | None,
+                 task_type: str | None = None) -> None:
         self.client = client
         self.task_id = task_id
         self.estimated_tokens = estimated_tokens  # the whole task's estimate
+        self.task_type = task_type or ""  # stamped on its events and its task_end
         self.call_estimate: int | None = None  # the next call's, from `before_call(estimated_tokens=...)`
         self.killed: ControlCommand | None = None
         self._steps = itertools.count()
@@ -99,10 +103,23 @@ class TaskScope:
         self.client._scopes.add(self)
         return self
 
+    def end(self, status: Literal["ok", "error", "killed"]) -> TaskEnd | None:
+        """Queue this task's `task_end` (never blocks; never raises into the agent's block)."""
+        client = self.client
+        try:
+            event = TaskEnd(event_id=client.new_event_id(), ts_ms=client._now_ms(), agent_id=client.agent_id,
+                            task_id=self.task_id, task_type=self.task_type, status=status)
+            client.publisher.submit(event)  # type: ignore[arg-type]  # the publisher ships any usage.events message
+        except Exception as err:  # noqa: BLE001 - the processor's idle sweep ends the task anyway
+            log.warning("client.task_end.failed", task_id=self.task_id, error=repr(err))
+            return None
+        return event
+
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self.client._scopes.discard(self)
         if self._token is not None:
             _current_scope.reset(self._token)
+        self.end("killed" if self.killed is not None else "error" if exc is not None else "ok")
         if self.killed is None:
             return False
         if self._cancel_requested:
@@ -278,8 +295,10 @@ class BudgetClient:
         return self._subscriber.partition if self._subscriber else None
 
     # tasks ----------------------------------------------------------------------------------
-    def task(self, task_id: str, estimated_tokens: int | None = None) -> TaskScope:
-        return TaskScope(self, task_id, estimated_tokens)
+    def task(self, task_id: str, estimated_tokens: int | None = None, task_type: str | None = None) -> TaskScope:
+        """`async with bw.task(id, estimated_tokens=..., task_type=...)`: without an estimate, the
+        processor judges the task against the sizes it learned of the agent's `task_type` tasks."""
+        return TaskScope(self, task_id, estimated_tokens, task_type)
 
     def current_task(self) -> TaskScope | None:
         scope = _current_scope.get()
@@ -396,9 +415,9 @@ class BudgetClient:
         holder = scope if scope is not None else self
         if estimated_tokens is None:
             estimated_tokens, holder.call_estimate = holder.call_estimate, None
-        task_id, task_estimate = "", None
+        task_id, task_estimate, task_type = "", None, ""
         if scope is not None:
-            task_id, task_estimate = scope.task_id, scope.estimated_tokens
+            task_id, task_estimate, task_type = scope.task_id, scope.estimated_tokens, scope.task_type
             if step is None:
                 step = scope.next_step()
         return UsageEvent(
@@ -424,6 +443,7 @@ class BudgetClient:
             prompt_hash=prompt_hash,
             tool=tool,
             tags=tags or {},
+            task_type=task_type,
         )
 
     def record_nowait(self, provider: str, usage: Any, model: str, scope: TaskScope | None = None,
@@ -449,6 +469,8 @@ class BudgetClient:
                 changes["step"] = scope.next_step()
             if event.task_estimated_tokens is None and scope.estimated_tokens is not None:
                 changes["task_estimated_tokens"] = scope.estimated_tokens
+            if not event.task_type and scope.task_type:
+                changes["task_type"] = scope.task_type
         return msgspec.structs.replace(event, **changes) if changes else event
 
     async def record(self, event: UsageEvent) -> UsageEvent:

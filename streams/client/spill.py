@@ -31,7 +31,7 @@ import msgspec
 import structlog
 
 from schemas.codec import MAX_DEPTH, check_depth
-from schemas.contract import UsageEvent
+from schemas.contract import TaskEnd, UsageEvent
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,8 @@ _PREFIX, _SUFFIX = "seg-", ".jsonl"
 _SEGMENT_NAME = re.compile(r"seg-(\d+)\.jsonl", re.ASCII)
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(UsageEvent)
+Spilled = UsageEvent | TaskEnd  # a task scope's task_end spills with the usage around it
+_decoder = msgspec.json.Decoder(Spilled)
 
 
 class SpillQueue:
@@ -72,7 +73,7 @@ class SpillQueue:
         self._open_count = 0
 
     # writing ------------------------------------------------------------------------------
-    def append(self, events: Iterable[UsageEvent]) -> int:
+    def append(self, events: Iterable[Spilled]) -> int:
         """Write events; returns how many were stored (the rest are dropped: cap reached or the
         write failed). Never raises for a disk error."""
         lines = [_encoder.encode(e) + b"\n" for e in events]
@@ -152,7 +153,7 @@ class SpillQueue:
         """Bytes waiting on disk (open and closed segments)."""
         return self._total
 
-    def next_segment(self) -> tuple[Path, list[UsageEvent]] | None:
+    def next_segment(self) -> tuple[Path, list[Spilled]] | None:
         """The oldest readable segment and its events (closing the open one if it is all there
         is). Never raises for what is on disk: see the module docstring."""
         while True:
@@ -171,8 +172,8 @@ class SpillQueue:
                 continue
             return path, self._decode(path, data)
 
-    def _decode(self, path: Path, data: bytes) -> list[UsageEvent]:
-        events: list[UsageEvent] = []
+    def _decode(self, path: Path, data: bytes) -> list[Spilled]:
+        events: list[Spilled] = []
         for number, line in enumerate(data.split(b"\n"), 1):
             if not line.strip():
                 continue

@@ -13,7 +13,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from schemas.contract import ControlCommand, UsageEvent
 from streams.client.client import BudgetClient, TaskScope
@@ -65,9 +65,11 @@ class SyncBudgetClient:
 
     # tasks --------------------------------------------------------------------------------
     @contextmanager
-    def task(self, task_id: str, estimated_tokens: int | None = None) -> Iterator[TaskScope]:
+    def task(self, task_id: str, estimated_tokens: int | None = None,
+             task_type: str | None = None) -> Iterator[TaskScope]:
+        """As the async client's `task()`; on exit it queues the task's `task_end`."""
         client = self.client
-        scope = TaskScope(client, task_id, estimated_tokens)
+        scope = TaskScope(client, task_id, estimated_tokens, task_type)
 
         async def enter() -> None:
             await client._admit(task_id)
@@ -79,11 +81,16 @@ class SyncBudgetClient:
         self._call(enter())
         previous = getattr(self._local, "scope", None)
         self._local.scope = scope
+        status: Literal["ok", "error", "killed"] = "ok"
         try:
             yield scope
+        except BaseException:
+            status = "error"
+            raise
         finally:
             self._local.scope = previous
             self._call(leave())
+            scope.end("killed" if scope.killed is not None else status)
         scope.check()
 
     def _scope(self) -> TaskScope | None:

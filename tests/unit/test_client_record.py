@@ -17,6 +17,11 @@ def _client(tmp_path: Path, **kw: object) -> BudgetClient:
                         spill_dir=tmp_path / "spill", sender=FakeSender(), kafka=KafkaSecurity(), **kw)  # type: ignore[arg-type]
 
 
+def _usage(bw: BudgetClient) -> list[UsageEvent]:
+    """The queued usage events (a task scope also queues its task_end: tests/unit/test_task_sizes.py)."""
+    return [e for e in bw.publisher.queued_events() if isinstance(e, UsageEvent)]
+
+
 async def test_record_openai_chat_usage_with_cached_tokens_lands_in_canonical_buckets(tmp_path: Path) -> None:
     bw = _client(tmp_path)
     usage = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
@@ -24,7 +29,7 @@ async def test_record_openai_chat_usage_with_cached_tokens_lands_in_canonical_bu
              "completion_tokens_details": {"reasoning_tokens": 120}}
     async with bw.task("ticket-981", estimated_tokens=4000):
         await bw.record_openai(usage, model="gpt-4o", prompt_hash="h1")
-    [event] = bw.publisher.queued_events()
+    [event] = _usage(bw)
     assert (event.input_tokens, event.cache_read_tokens, event.output_tokens) == (200, 1000, 300)
     assert event.total_tokens == 1500
     assert (event.provider, event.model, event.agent_id, event.user_id, event.team) == ("openai", "gpt-4o", "support-bot", "u-42", "cx")
@@ -42,7 +47,7 @@ async def test_a_per_call_estimate_from_before_call_goes_on_that_call_only(tmp_p
         await bw.record_openai(usage, model="gpt-4o")
     await bw.before_call(estimated_tokens=70)  # outside a task
     await bw.record_openai(usage, model="gpt-4o")
-    assert [(e.task_id, e.estimated_tokens, e.task_estimated_tokens) for e in bw.publisher.queued_events()] == [
+    assert [(e.task_id, e.estimated_tokens, e.task_estimated_tokens) for e in _usage(bw)] == [
         ("t", 150, 900), ("t", None, 900), ("", 70, None)]
 
 
@@ -65,7 +70,7 @@ async def test_steps_increment_per_task_and_event_ids_are_unique(tmp_path: Path)
             await bw.record_openai(usage, model="gpt-4o-mini")
     async with bw.task("t2"):
         await bw.record(UsageEvent(event_id="", ts_ms=0, agent_id="support-bot", model="m", input_tokens=1))
-    events = bw.publisher.queued_events()
+    events = _usage(bw)
     assert [(e.task_id, e.step) for e in events] == [("t1", 0), ("t1", 1), ("t1", 2), ("t2", 0)]
     assert len({e.event_id for e in events}) == 4
     assert events[-1].ts_ms > 0
