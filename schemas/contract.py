@@ -28,6 +28,8 @@ OptName = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT_LEN)]
 TimestampMs = Annotated[int, Meta(ge=MIN_TS_MS, le=4_102_444_800_000)]  # < 2100-01-01
 Version = Annotated[int, Meta(ge=1, le=1)]
+Fingerprint = Annotated[str, Meta(max_length=64)]  # a client-side hash (hex); see streams/client/fingerprint.py
+SimHash = Annotated[str, Meta(max_length=20, pattern="^[0-9]*$")]  # unsigned 64-bit, decimal (JSON-safe in JS)
 Tags = Annotated[
     dict[Annotated[str, Meta(max_length=MAX_NAME_LEN)], Annotated[str, Meta(max_length=MAX_NAME_LEN)]],
     Meta(max_length=MAX_TAGS),
@@ -88,6 +90,12 @@ class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defau
     tool: OptName = ""
     tags: Tags = {}
     task_type: OptName = ""  # optional (v1): the kind of task (`task(id, task_type=...)`), repeated on its events
+    # optional (v1): fingerprints of the newest turn, tool call and tool result (no content leaves
+    # the agent); `simhash` is a 64-bit SimHash as a decimal string ("" = none; > 2^64-1 is ignored)
+    turn_hash: Fingerprint = ""
+    tool_hash: Fingerprint = ""
+    result_hash: Fingerprint = ""
+    simhash: SimHash = ""
 
     @property
     def total_tokens(self) -> int:

@@ -25,9 +25,11 @@ from schemas.calendar import PERIODS, Calendar
 from schemas.errors import InputError
 from sinks import dashboard_queries as dq
 from sinks import queries as q
+from sinks.ingest import add_ingest_routes
 from sinks.waste import waste
 from sinks.sqlguard import RefusedSQL, check_select
 from sinks.store import Store, StoreError, StoreRunner
+from streams.client.publisher import Sender
 from streams.rules_config import RulesConfig, load_rules
 
 log = structlog.get_logger(__name__)
@@ -95,9 +97,12 @@ def make_app(
     *,
     token: str,
     hosts: Collection[str],
+    producer: Sender | None = None,
 ) -> web.Application:
     """`token`: what `Authorization: Bearer` must carry. `hosts`: the allowed `Host` values
-    (`allowed_hosts`); pass a set and fill it once the port is known (port 0)."""
+    (`allowed_hosts`); pass a set and fill it once the port is known (port 0). `producer`:
+    what `POST /v1/usage` and `/v1/traces` send to `usage.events` through (`sinks.ingest`;
+    started and stopped by the caller); without one they answer 503."""
     if not token:
         raise ValueError("the HTTP API needs a token")
     runner = store if isinstance(store, StoreRunner) else StoreRunner(store)
@@ -168,6 +173,7 @@ def make_app(
     app.router.add_post("/api/sql", sql)
     app.router.add_get("/api/live", live)
     app.router.add_get("/healthz", healthz)
+    add_ingest_routes(app, producer)
     if WEB_DIR.is_dir():
         async def index(request: web.Request) -> web.StreamResponse:
             return web.FileResponse(WEB_DIR / "index.html")

@@ -22,6 +22,7 @@ from sinks.backend import open_store
 from sinks.store import Store, StoreRunner, apply_schema
 from schemas.topics import Topics
 from sinks.writer import SinkWriter, WriterConfig
+from streams.client.publisher import KafkaSender
 from streams.rules_config import load_rules
 from streams.settings import WorkerSettings
 
@@ -66,6 +67,7 @@ class SinkService:
         self._writer_config = writer_config
         self._group_id = group_id
         self._http: web.AppRunner | None = None
+        self.producer: KafkaSender | None = None  # the ingest routes' (`sinks.ingest`)
 
     async def start(self) -> None:
         store = self._store
@@ -85,7 +87,10 @@ class SinkService:
         # the token exists before the API answers: a client that finds worker.json finds the token too
         token, generated = ensure_api_token(self.settings.data_dir, self.settings.api_token)
         hosts: set[str] = set()  # filled below, once the port is known (port 0 picks one)
-        app = make_app(self.runner, live, rules, token=token, hosts=hosts)
+        self.producer = KafkaSender(self.settings.bootstrap, topic=self._topics.usage,
+                                    **self.settings.kafka.client_options())
+        await self.producer.start()
+        app = make_app(self.runner, live, rules, token=token, hosts=hosts, producer=self.producer)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
@@ -121,6 +126,9 @@ class SinkService:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
         if self.writer is not None:
             await self.writer.stop()
         if self.runner is not None:

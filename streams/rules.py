@@ -18,7 +18,7 @@ from schemas.contract import Decision, Limits, UsageEvent
 from schemas.money import format_usd
 from schemas.clock import Clock
 from streams.rules_config import RulesConfig
-from streams.state import HASHES_CAP, AgentState, TaskState
+from streams.state import HASHES_CAP, RESULTS_CAP, TOOLS_CAP, TURNS_CAP, AgentState, TaskState
 from streams.windows import hour_start
 
 # rule → (severity, action); estimate_overrun has two levels.
@@ -33,6 +33,9 @@ RULE_TABLE: dict[str, tuple[str, str]] = {
     "budget_forecast": ("P3", "notify"),
     "user_budget_exceeded": ("P2", "throttle"),
     "step_overrun": ("P3", "notify"),
+    "tool_cycle_detected": ("P1", "kill_task"),
+    "no_progress_detected": ("P1", "kill_task"),
+    "retry_storm_detected": ("P1", "kill_task"),
 }
 
 
@@ -150,6 +153,112 @@ class _TaskFired(dict[str, int]):
         self._task.fired.append(key)
 
 
+def _simhash(value: str) -> int:
+    """The event's SimHash as an int; -1 when absent or beyond 64 bits (the contract bounds only
+    its digits)."""
+    if not value:
+        return -1
+    n = int(value)
+    return n if n < 1 << 64 else -1
+
+
+def _loop(config: RulesConfig, task: TaskState, event: UsageEvent, step: int) -> tuple[int, str] | None:
+    """(repeats, what repeated) when the event closes a loop: `repeats` of one prompt_hash,
+    turn_hash or tool_hash, or of turns within `simhash_distance` bits of this one's SimHash,
+    within the last `within_steps` steps. Updates the task's recent hashes and turns."""
+    params = config.rules.loop_detected
+    within, need = params.within_steps, params.repeats
+    found: tuple[int, str] | None = None
+    if event.prompt_hash:
+        hashes = task.hashes
+        hashes.append((step, event.prompt_hash))
+        while hashes and (hashes[0][0] <= step - within or len(hashes) > HASHES_CAP):
+            hashes.pop(0)
+        repeats = 0
+        for s, h in hashes:
+            if h == event.prompt_hash and s > step - within:
+                repeats += 1
+        if repeats >= need:
+            found = (repeats, "prompt repeated")
+    sim = _simhash(event.simhash)
+    if not (event.turn_hash or event.tool_hash or sim >= 0):
+        return found
+    turns = task.turns
+    turns.append((step, event.turn_hash, event.tool_hash, sim))
+    while turns and (turns[0][0] <= step - within or len(turns) > TURNS_CAP):
+        turns.pop(0)
+    if found is not None:
+        return found
+    distance = params.simhash_distance if sim >= 0 else -1
+    same_turn = same_tool = near = 0
+    for s, turn_hash, tool_hash, other in turns:
+        if s <= step - within:
+            continue
+        if event.turn_hash and turn_hash == event.turn_hash:
+            same_turn += 1
+        if event.tool_hash and tool_hash == event.tool_hash:
+            same_tool += 1
+        if distance >= 0 and other >= 0 and (other ^ sim).bit_count() <= distance:
+            near += 1
+    if same_turn >= need:
+        return same_turn, "newest turn repeated"
+    if same_tool >= need:
+        return same_tool, "same tool call repeated"
+    if near >= need:
+        return near, f"near-identical turns (SimHash within {distance} bits)"
+    return None
+
+
+def _cycle(tools: list[str], repeats: int, max_period: int) -> int:
+    """The period (2 to `max_period`) of a block of tool calls, not all the same, that the last
+    `period * repeats` calls repeat; 0 when there is none."""
+    for period in range(2, max_period + 1):
+        n = period * repeats
+        if len(tools) < n:
+            break
+        tail = tools[-n:]
+        if len(set(tail[:period])) > 1 and all(tail[i] == tail[i - period] for i in range(period, n)):
+            return period
+    return 0
+
+
+def _fingerprint_hits(config: RulesConfig, task: TaskState, event: UsageEvent, name: str,
+                      task_id: str) -> list[dict[str, Any]]:
+    """Tool-call cycles, tool results that never change, retry storms (updating the task's memory)."""
+    rules = config.rules
+    hits: list[dict[str, Any]] = []
+    head = f"Agent {name} may be looping: {task.tokens} tokens/task"
+    cycle = rules.tool_cycle_detected
+    if event.tool_hash:
+        tools = task.tools
+        tools.append(event.tool_hash)
+        keep = min(TOOLS_CAP, cycle.repeats * cycle.max_period)
+        if len(tools) > keep:
+            del tools[:len(tools) - keep]
+        period = _cycle(tools, cycle.repeats, cycle.max_period) if cycle.enabled else 0
+        if period:
+            hits.append(dict(rule="tool_cycle_detected", observed=cycle.repeats, limit=cycle.repeats, unit="tokens",
+                             message=f"{head} (a cycle of {period} tool calls repeated {cycle.repeats}x "
+                                     f"in task {task_id})"))
+    progress = rules.no_progress_detected
+    if event.result_hash:
+        results = task.results
+        seen = results.pop(event.result_hash, 0) + 1
+        if len(results) >= RESULTS_CAP:
+            del results[next(iter(results))]
+        results[event.result_hash] = seen
+        if progress.enabled and seen >= progress.repeats:
+            hits.append(dict(rule="no_progress_detected", observed=seen, limit=progress.repeats, unit="tokens",
+                             message=f"{head} (no progress: the same tool result {seen}x in task {task_id})"))
+    storm = rules.retry_storm_detected
+    task.errors = task.errors + 1 if event.status in ("error", "retry") else 0
+    if storm.enabled and task.errors >= storm.consecutive:
+        hits.append(dict(rule="retry_storm_detected", observed=task.errors, limit=storm.consecutive, unit="tokens",
+                         message=f"Agent {name} retry storm: {task.errors} failed or retried calls in a row "
+                                 f"in task {task_id} ({task.tokens} tokens/task)"))
+    return hits
+
+
 def task_decisions(
     em: Emitter, agent: AgentState, task_id: str, task: TaskState, event: UsageEvent, limits: Limits
 ) -> list[Decision]:
@@ -160,21 +269,14 @@ def task_decisions(
     rules = em.config.rules
     name = agent.agent_id
     hits: list[dict[str, Any]] = []
-    if event.prompt_hash and rules.loop_detected.repeats:
-        step = event.step if event.step is not None else task.events
-        within = rules.loop_detected.within_steps
-        hashes = task.hashes
-        hashes.append((step, event.prompt_hash))
-        while hashes and (hashes[0][0] <= step - within or len(hashes) > HASHES_CAP):
-            hashes.pop(0)
-        repeats = 0
-        for s, h in hashes:
-            if h == event.prompt_hash and s > step - within:
-                repeats += 1
-        if repeats >= rules.loop_detected.repeats:
-            hits.append(dict(rule="loop_detected", observed=repeats, limit=rules.loop_detected.repeats, unit="tokens",
-                             message=f"Agent {name} may be looping: {task.tokens} tokens/task "
-                                     f"(prompt repeated {repeats}x within {within} steps in task {task_id})"))
+    step = event.step if event.step is not None else task.events
+    loop = _loop(em.config, task, event, step)
+    if loop is not None:
+        repeats, what = loop
+        hits.append(dict(rule="loop_detected", observed=repeats, limit=rules.loop_detected.repeats, unit="tokens",
+                         message=f"Agent {name} may be looping: {task.tokens} tokens/task "
+                                 f"({what} {repeats}x within {rules.loop_detected.within_steps} steps in task {task_id})"))
+    hits += _fingerprint_hits(em.config, task, event, name, task_id)
     if limits.task_tokens is not None:
         cap = limits.task_tokens * rules.runaway_detected.factor
         if task.tokens > cap:

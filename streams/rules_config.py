@@ -30,8 +30,36 @@ class RunawayParams(Struct, forbid_unknown_fields=True):
 
 
 class LoopParams(Struct, forbid_unknown_fields=True):
+    """`repeats` of one prompt_hash, turn_hash or tool_hash within `within_steps` steps of a task
+    is a loop; so are `repeats` turns whose SimHashes lie within `simhash_distance` bits of each
+    other (near-identical turns; -1: off)."""
+
     repeats: Annotated[int, Meta(ge=2)] = 5
     within_steps: Annotated[int, Meta(ge=1)] = 20
+    simhash_distance: Annotated[int, Meta(ge=-1, le=32)] = 3
+
+
+class ToolCycleParams(Struct, forbid_unknown_fields=True):
+    """The task's last tool calls (by tool_hash) are a block of 2 to `max_period` calls, not all
+    the same, repeated `repeats` times in a row (A B A B A B)."""
+
+    repeats: Annotated[int, Meta(ge=2, le=16)] = 3
+    max_period: Annotated[int, Meta(ge=2, le=8)] = 4
+    enabled: bool = True
+
+
+class NoProgressParams(Struct, forbid_unknown_fields=True):
+    """The same tool result (result_hash) `repeats` times in one task."""
+
+    repeats: Annotated[int, Meta(ge=2)] = 5
+    enabled: bool = True
+
+
+class RetryStormParams(Struct, forbid_unknown_fields=True):
+    """`consecutive` events of a task in a row with status error or retry."""
+
+    consecutive: Annotated[int, Meta(ge=2)] = 8
+    enabled: bool = True
 
 
 class EstimateParams(Struct, forbid_unknown_fields=True):
@@ -77,6 +105,9 @@ class RuleSettings(Struct, forbid_unknown_fields=True):
     agent_budget_exceeded: EnabledParams = msgspec.field(default_factory=EnabledParams)
     user_budget_exceeded: EnabledParams = msgspec.field(default_factory=EnabledParams)
     step_overrun: EnabledParams = msgspec.field(default_factory=EnabledParams)
+    tool_cycle_detected: ToolCycleParams = msgspec.field(default_factory=ToolCycleParams)
+    no_progress_detected: NoProgressParams = msgspec.field(default_factory=NoProgressParams)
+    retry_storm_detected: RetryStormParams = msgspec.field(default_factory=RetryStormParams)
 
 
 class Budgets(Struct, forbid_unknown_fields=True):

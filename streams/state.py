@@ -22,6 +22,9 @@ TASKS_CAP = 256  # live tasks remembered per agent (least recently active evicte
 SESSIONS_CAP = 64
 FIRED_CAP = 512
 HASHES_CAP = 256  # recent (step, prompt_hash) per task, for loop detection
+TURNS_CAP = 256  # recent (step, turn_hash, tool_hash, simhash) per task (also cut to loop_detected.within_steps)
+TOOLS_CAP = 128  # recent tool_hash per task, for tool-call cycles (also cut to repeats x max_period)
+RESULTS_CAP = 64  # result_hash -> times seen, per task (least recently seen forgotten)
 AGENTS_PER_DIM_CAP = 64
 POS_SHIFT = 44  # position = partition << 44 | offset
 TYPES_CAP = 16  # task types whose sizes an agent learns (least recently ended forgotten)
@@ -56,6 +59,10 @@ class TaskState(Struct, array_like=True):
     task_type: str = ""
     learned_estimate: int = 0  # from the sizes of the agent's ended tasks (of this type), set once; 0: none
     ended: bool = False  # a task_end (or the idle sweep) ended it: its size was learned, or never will be
+    turns: list[tuple[int, str, str, int]] = []  # recent (step, turn_hash, tool_hash, simhash or -1)
+    tools: list[str] = []  # recent tool_hash, oldest first (tool-call cycles)
+    results: dict[str, int] = {}  # result_hash -> times returned in the task, least recently seen first
+    errors: int = 0  # consecutive events with status error / retry (retry storms)
 
 
 class TaskSizes(Struct, array_like=True):

@@ -12,8 +12,10 @@ from typing import Annotated, Any, NoReturn
 
 import msgspec
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from ops.commands.tables import console, key_column, num_column, tokens, usd, usd_exact
 
 from schemas.clock import system_ms
 from schemas.litellm_import import catalog_dict, import_litellm, write_catalog
@@ -63,12 +65,6 @@ def _date_ms(field: str, raw: str | None) -> int | None:
 def _usd_per_m(nanos_per_m: int) -> str:
     """Exact USD-per-1M string, 9 decimals (machine output)."""
     return format_usd(nanos_per_m)
-
-
-def _compact(nanos_per_m: int) -> str:
-    """Exact USD-per-1M string without trailing zeros (tables): 2_500_000_000 -> "2.5"."""
-    text = format_usd(nanos_per_m).rstrip("0")
-    return text[:-1] if text.endswith(".") else text
 
 
 def _entry_json(e: PriceEntry) -> dict[str, Any]:
@@ -169,21 +165,21 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
             return
 
-        console = Console()
+        out = console()
         title = f"{priced.model} @ {result['at']}" + (f"  ({priced.price_version})" if priced.priced else "  (UNPRICED)")
-        table = Table(title=title)
-        table.add_column("bucket")
-        table.add_column("tokens", justify="right")
-        table.add_column("USD / 1M", justify="right")
+        table = Table(title=escape(title), caption=f"exact total: {result['usd']} USD")
+        key_column(table, "bucket")
+        num_column(table, "tokens")
+        num_column(table, "USD / 1M")
         for bucket in _BUCKETS:
-            rate = _compact(getattr(entry, _RATE_OF[bucket])) if entry else "-"
-            table.add_row(bucket, str(getattr(usage, bucket)), rate)
+            rate = usd_exact(getattr(entry, _RATE_OF[bucket])) if entry else "-"
+            table.add_row(bucket, tokens(getattr(usage, bucket)), rate)
         table.add_section()
-        table.add_row("total", "", f"${result['usd']}")
-        console.print(table)
+        table.add_row("total", "", usd(priced.nano_usd))
+        out.print(table)
         if not priced.priced:
             hint = f" Did you mean {' or '.join(result['suggestions'])}?" if result["suggestions"] else ""
-            console.print(f"[yellow]{model!r} has no price at {result['at']} in catalog {catalog.catalog_version}; "
+            out.print(f"[yellow]{model!r} has no price at {result['at']} in catalog {catalog.catalog_version}; "
                           f"counted as 0 USD.{hint}[/yellow]", highlight=False)
 
     @prices.command("list")
@@ -198,16 +194,18 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
             return
         table = Table(title=f"price catalog {catalog.catalog_version} (USD per 1M tokens)")
-        for col in ("provider", "model", "valid_from", "input", "output", "cache read", "write 5m", "write 1h"):
-            table.add_column(col, justify="right" if col not in ("provider", "model") else "left", no_wrap=col == "model")
+        table.add_column("provider")
+        key_column(table, "model")
+        for col in ("valid_from", "input", "output", "cache read", "write 5m", "write 1h"):
+            num_column(table, col)
         for e in rows:
             table.add_row(
                 e.provider,
-                e.model,
+                escape(e.model),
                 ms_to_date(e.valid_from_ms),
-                *(_compact(v) for v in (e.input, e.output, e.cache_read, e.cache_write, e.cache_write_1h)),
+                *(usd_exact(v) for v in (e.input, e.output, e.cache_read, e.cache_write, e.cache_write_1h)),
             )
-        Console().print(table)
+        console().print(table)
 
     @prices.command("import-litellm")
     def prices_import_litellm(

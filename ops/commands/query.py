@@ -12,9 +12,11 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ops.commands.common import console, fail
+from ops.commands.common import fail
+from ops.commands.tables import console, key_column, num_column, period_label, print_rows, tokens, usd
 from sinks.access import Access, AccessError
 from schemas.calendar import PERIODS
 from sinks.queries import DIMENSIONS
@@ -27,6 +29,9 @@ __all__ = ["register"]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Worker data dir (default var, or BUDGETWARDEN_DATA_DIR).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 _TOKEN_COLS = ("events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "tokens")
+_TOKEN_HEADERS = ("events", "input", "output", "cache read", "cache write", "tokens")
+_KEY_NAMES = {"agent": "agent", "user": "user", "team": "team", "model": "model", "task": "task id",
+              "session": "session", "provider": "provider"}
 
 
 def _access(data_dir: Path | None, rules: Path | None = None) -> Access:
@@ -52,14 +57,24 @@ def _check(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
         fail(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def _usage_table(title: str, rows: list[dict[str, Any]]) -> Table:
+def _now_ms() -> int:
+    from schemas.clock import system_ms
+
+    return system_ms()
+
+
+def _usage_table(title: str, rows: list[dict[str, Any]], by: str = "key") -> Table:
     table = Table(title=title)
-    table.add_column("key")
-    for col in (*_TOKEN_COLS, "usd"):
-        table.add_column(col, justify="right")
+    key_column(table, _KEY_NAMES.get(by, by))
+    for col in _TOKEN_HEADERS:
+        num_column(table, col)
+    num_column(table, "USD")
     for r in rows:
-        table.add_row(r["key"] or "(none)", *(f"{r[c]:,}" for c in _TOKEN_COLS), r["usd"])
+        table.add_row(escape(r["key"] or "(none)"), *(tokens(r[c]) for c in _TOKEN_COLS), usd(r["nano_usd"]))
     return table
+
+
+_PREVIOUS = {"hour": "previous hour", "day": "yesterday", "week": "last week", "month": "previous month"}
 
 
 def register(app: typer.Typer) -> None:
@@ -74,11 +89,17 @@ def register(app: typer.Typer) -> None:
         """Who spends: usage and cost by one dimension, most expensive first."""
         _check("by", by, list(DIMENSIONS))
         _check("period", period, PERIODS)
-        rows = _run(data_dir, lambda a: a.top(by, period, limit, {}))
+        label: list[str] = []
+
+        def fetch(a: Access) -> Any:
+            label.append(period_label(period, _now_ms(), a.calendar))
+            return a.top(by, period, limit, {})
+
+        rows = _run(data_dir, fetch)
         if as_json:
             _print_json(rows)
         else:
-            console.print(_usage_table(f"top {limit} by {by} ({period})", rows))
+            console().print(_usage_table(f"top {limit} by {by}, {label[0]}", rows, by))
 
     @app.command("usage")
     def usage_cmd(
@@ -96,13 +117,20 @@ def register(app: typer.Typer) -> None:
         _check("by", by, list(DIMENSIONS))
         _check("period", period, PERIODS)
         filters = {k: v for k, v in {"agent": agent, "user": user, "team": team, "model": model}.items() if v}
-        data = _run(data_dir, lambda a: a.usage(period, by, limit, filters))
+        label: list[str] = []
+
+        def fetch(a: Access) -> Any:
+            label.append(period_label(period, _now_ms(), a.calendar))
+            return a.usage(period, by, limit, filters)
+
+        data = _run(data_dir, fetch)
         if as_json:
             _print_json(data)
             return
-        console.print(f"[bold]{period}[/bold]: {data['events']:,} events, {data['tokens']:,} tokens, "
-                      f"${data['usd']} ({data['unpriced_events']} unpriced)")
-        console.print(_usage_table(f"by {by}", data["rows"]))
+        out = console()
+        out.print(f"[bold]{escape(label[0])}[/bold]: {tokens(data['events'])} events, {tokens(data['tokens'])} tokens, "
+                  f"{usd(data['nano_usd'])} ({tokens(data['unpriced_events'])} unpriced)", highlight=False)
+        out.print(_usage_table(f"by {by}, {label[0]}", data["rows"], by))
 
     @app.command("status")
     def status_cmd(
@@ -122,15 +150,17 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _print_json(rows)
             return
-        table = Table(title="budget vs actual (today)")
-        for col in ("scope", "subject", "tokens", "limit tokens", "usd", "limit usd", "used", "status"):
-            table.add_column(col, justify="right" if col not in ("scope", "subject", "status") else "left")
+        table = Table(title=f"budget vs actual, {period_label('day', _now_ms(), config.tz())}")
+        table.add_column("scope", overflow="fold")
+        key_column(table, "subject")
+        for col in ("tokens", "limit tokens", "USD", "limit USD", "used, status"):
+            num_column(table, col)
         for r in rows:
             style = {"over": "red", "warn": "yellow"}.get(r["status"], "green")
-            table.add_row(r["scope"], r["subject"] or "-", f"{r['tokens']:,}",
-                          "-" if r["limit_tokens"] is None else f"{r['limit_tokens']:,}", r["usd"],
-                          r["limit_usd"] or "-", f"{r['used']:.0%}", f"[{style}]{r['status']}[/{style}]")
-        console.print(table)
+            table.add_row(r["scope"], escape(r["subject"] or "-"), tokens(r["tokens"]), tokens(r["limit_tokens"]),
+                          usd(r["nano_usd"]), usd(r["limit_nano_usd"]),
+                          f"[{style}]{r['used']:.0%} {r['status']}[/{style}]")
+        console().print(table)
 
     @app.command("report")
     def report_cmd(
@@ -140,33 +170,50 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Summary: totals, top spenders, task cost distribution, caching, model drift, burn."""
         _check("period", period, PERIODS)
-        data = _run(data_dir, lambda a: a.report(period))
+        seen: dict[str, Any] = {}
+
+        def fetch(a: Access) -> Any:
+            seen["calendar"], seen["now"] = a.calendar, _now_ms()
+            return a.report(period)
+
+        data = _run(data_dir, fetch)
         if as_json:
             _print_json(data)
             return
+        calendar, now = seen["calendar"], seen["now"]
+        label = period_label(period, now, calendar)
+        out = console()
         t = data["totals"]
-        console.print(f"[bold]{period}[/bold]: {t['events']:,} events, {t['agents']} agents, {t['tasks']} tasks, "
-                      f"{t['tokens']:,} tokens, ${t['usd']}")
+        out.print(f"[bold]{escape(label)}[/bold]: {tokens(t['events'])} events, {tokens(t['agents'])} agents, "
+                  f"{tokens(t['tasks'])} tasks, {tokens(t['tokens'])} tokens, {usd(t['nano_usd'])}", highlight=False)
         for by, rows in data["top"].items():
-            console.print(_usage_table(f"top {by}", rows))
+            out.print(_usage_table(f"top {by}s, {label}", rows, by))
         d = data["tasks"]
-        console.print(f"cost per task: p50 ${d['p50_usd']}  p90 ${d['p90_usd']}  p99 ${d['p99_usd']}  "
-                      f"max ${d['max_usd']}  top 1% share {d['top1pct_share']:.1%}")
-        cache = Table(title="caching by model")
-        for col in ("model", "hit rate", "saved", "write premium", "net"):
-            cache.add_column(col, justify="right" if col != "model" else "left")
+        out.print(f"cost per task, {label}: p50 {usd(d['p50_nano_usd'])}  p90 {usd(d['p90_nano_usd'])}  "
+                  f"p99 {usd(d['p99_nano_usd'])}  max {usd(d['max_nano_usd'])}  "
+                  f"top 1% share {d['top1pct_share']:.1%}", highlight=False)
+        cache = Table(title=f"caching by model, {label}")
+        key_column(cache, "model")
+        for col in ("hit rate", "saved", "write premium", "net"):
+            num_column(cache, col)
         for r in data["cache"]["by_model"]:
-            cache.add_row(r["key"], f"{r['hit_rate']:.1%}", r["savings_usd"], r["write_premium_usd"], r["net_usd"])
-        console.print(cache)
-        drift = Table(title="model mix vs previous period")
-        for col in ("model", "share", "previous", "drift"):
-            drift.add_column(col, justify="right" if col != "model" else "left")
+            cache.add_row(escape(r["key"]), f"{r['hit_rate']:.1%}", usd(r["savings_nano"]),
+                          usd(r["write_premium_nano"]), usd(r["net_nano"]))
+        out.print(cache)
+        before = _PREVIOUS.get(period, "the previous period")
+        drift = Table(title=f"model mix, {label} vs {before}")
+        key_column(drift, "model")
+        for col in ("share", before, "drift"):
+            num_column(drift, col)
         for r in data["drift"]:
-            drift.add_row(r["key"], f"{r['share']:.1%}", f"{r['prev_share']:.1%}", f"{r['drift']:+.1%}")
-        console.print(drift)
+            drift.add_row(escape(r["key"]), f"{r['share']:.1%}", f"{r['prev_share']:.1%}", f"{r['drift']:+.1%}")
+        out.print(drift)
         b = data["burn"]
-        console.print(f"burn: ${b['per_day_usd']}/day, ${b['per_week_usd']}/week; forecast today ${b['day_forecast_usd']}, "
-                      f"this week ${b['week_forecast_usd']}, this month ${b['month_forecast_usd']}")
+        out.print(f"burn: {usd(b['per_day_nano_usd'])}/day (average of the last 7 days), "
+                  f"{usd(b['per_week_nano_usd'])}/week (average of the last 28 days)", highlight=False)
+        out.print(f"forecast for {period_label('day', now, calendar)}: {usd(b['day_forecast_nano_usd'])}; "
+                  f"for this week: {usd(b['week_forecast_nano_usd'])}; "
+                  f"for this month: {usd(b['month_forecast_nano_usd'])}", highlight=False)
 
     @app.command("waste")
     def waste_cmd(
@@ -176,19 +223,25 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Estimated waste in five categories, each with a concrete recommendation."""
         _check("period", period, PERIODS)
-        data = _run(data_dir, lambda a: a.waste(period))
+        label: list[str] = []
+
+        def fetch(a: Access) -> Any:
+            label.append(period_label(period, _now_ms(), a.calendar))
+            return a.waste(period)
+
+        data = _run(data_dir, fetch)
         if as_json:
             _print_json(data)
             return
-        table = Table(title=f"waste ({period}): ${data['usd']} estimated")
-        table.add_column("category")
-        table.add_column("usd", justify="right")
+        table = Table(title=f"waste, {label[0]}: {usd(data['nano_usd'])} estimated")
+        key_column(table, "category")
+        num_column(table, "USD")
         table.add_column("recommendation")
         for c in data["categories"]:
-            table.add_row(c["category"], c["usd"], c["recommendation"])
+            table.add_row(escape(c["category"]), usd(c["nano_usd"]), escape(c["recommendation"]))
             for item in c["items"][:3]:
-                table.add_row("", item["usd"], f"  {item['recommendation']}")
-        console.print(table)
+                table.add_row("", usd(item["nano_usd"]), escape(f"  {item['recommendation']}"))
+        console().print(table)
 
     @app.command("sql")
     def sql_cmd(
@@ -201,9 +254,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _print_json(rows)
             return
-        table = Table()
-        for col in rows[0].keys() if rows else ["(no rows)"]:
-            table.add_column(str(col))
-        for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
-        console.print(table)
+        print_rows(console(), rows)

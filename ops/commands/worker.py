@@ -309,14 +309,22 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps({"version": config.version, "budgets": rows}))
             return
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table("scope", "subject", "daily tokens", "daily USD", "weekly tokens", "weekly USD", "monthly tokens",
-                      "monthly USD", "hourly", "task", "step", "criticality",
-                      title=f"effective budgets (policy version {config.version}, tz {config.timezone})")
+        from ops.commands.tables import console as table_console, key_column, num_column, tokens, usd
+
+        table = Table(title=f"effective budgets (policy version {config.version}, tz {config.timezone})")
+        table.add_column("scope", overflow="fold")
+        key_column(table, "subject")
+        for col in ("daily tokens", "daily USD", "weekly tokens", "weekly USD", "monthly tokens", "monthly USD",
+                    "hourly tokens", "task tokens", "step tokens"):
+            num_column(table, col)
+        table.add_column("criticality", overflow="fold")
         for r in rows:
-            table.add_row(*(str(r[k]) if r[k] is not None else "-" for k in
-                            ("scope", "subject", "daily_tokens", "daily_usd", "weekly_tokens", "weekly_usd",
-                             "monthly_tokens", "monthly_usd", "hourly_tokens", "task_tokens",
-                             "step_tokens", "criticality")))
-        console.print(table)
+            table.add_row(r["scope"], escape(r["subject"] or "-"),
+                          *(usd(r[k]) if k.endswith("_usd") else tokens(r[k]) for k in
+                            ("daily_tokens", "daily_usd", "weekly_tokens", "weekly_usd", "monthly_tokens",
+                             "monthly_usd", "hourly_tokens", "task_tokens", "step_tokens")),
+                          str(r["criticality"]) if r["criticality"] is not None else "-")
+        table_console().print(table)

@@ -4,10 +4,11 @@
     async with BudgetClient(bootstrap="localhost:9092", agent_id="support-bot", user_id="u-42") as bw:
         async with bw.task("ticket-981", estimated_tokens=4000):
             resp = await llm(...)
-            await bw.record_openai(resp.usage, model="gpt-4o", prompt_hash=h)
+            await bw.record_openai(resp.usage, model="gpt-4o", messages=msgs, tool_calls=calls)
 """
 from streams.client.client import BudgetClient, TaskScope
 from streams.client.errors import AgentPaused, TaskKilled
+from streams.client.fingerprint import Fingerprints, fingerprint
 from streams.client.optimizer import (
     TokenEstimator,
     cascade,
@@ -20,6 +21,7 @@ from streams.client.sync import SyncBudgetClient
 __all__ = [
     "AgentPaused",
     "BudgetClient",
+    "Fingerprints",
     "SyncBudgetClient",
     "TaskKilled",
     "TaskScope",
@@ -27,5 +29,6 @@ __all__ = [
     "cascade",
     "choose_model",
     "compress_context",
+    "fingerprint",
     "optimize_request",
 ]

@@ -41,6 +41,7 @@ from schemas.pricing import PriceCatalog
 from streams.client.control import (DEFAULT_GRACE_MS, DEFAULT_MAX_AGE_MS, DEFAULT_MAX_SKEW_MS, DEFAULT_TTL_MS,
                                     ControlGate, ControlSubscriber)
 from streams.client.errors import AgentPaused, TaskKilled
+from streams.client.fingerprint import fingerprint
 from streams.client.optimizer import TokenEstimator
 from streams.client.publisher import KafkaSender, Publisher, Sender
 from streams.client.spill import DEFAULT_MAX_BYTES, SpillQueue
@@ -407,8 +408,26 @@ class BudgetClient:
         event_id: str | None = None,
         ts_ms: int | None = None,
         prompt_chars: int | None = None,
+        messages: Any = None,
+        tool_calls: Any = None,
+        turn_hash: str = "",
+        tool_hash: str = "",
+        result_hash: str = "",
+        simhash: str | int = "",
     ) -> UsageEvent:
-        """Build one event with this client's attribution; `scope` supplies task_id, step and estimate."""
+        """Build one event with this client's attribution; `scope` supplies task_id, step and estimate.
+
+        `messages` (the conversation sent) and `tool_calls` (those the model asked for) are reduced
+        to fingerprints of the newest turn (`streams.client.fingerprint`); only the hashes are sent.
+        Fingerprints passed explicitly win over derived ones."""
+        if messages is not None or tool_calls is not None:
+            try:
+                fp = fingerprint(messages, tool_calls)
+            except Exception:  # noqa: BLE001 - a message shape it cannot read never fails the agent's call
+                log.warning("fingerprint_failed", exc_info=True)
+            else:
+                turn_hash, tool_hash = turn_hash or fp.turn_hash, tool_hash or fp.tool_hash
+                result_hash, simhash = result_hash or fp.result_hash, simhash or fp.simhash
         if prompt_chars:
             self.estimator.observe(prompt_chars, usage.input_tokens + usage.cache_read_tokens
                                    + usage.cache_write_tokens + usage.cache_write_1h_tokens)
@@ -444,6 +463,10 @@ class BudgetClient:
             tool=tool,
             tags=tags or {},
             task_type=task_type,
+            turn_hash=turn_hash,
+            tool_hash=tool_hash,
+            result_hash=result_hash,
+            simhash=str(simhash & 0xFFFF_FFFF_FFFF_FFFF) if isinstance(simhash, int) else simhash,
         )
 
     def record_nowait(self, provider: str, usage: Any, model: str, scope: TaskScope | None = None,
@@ -480,7 +503,10 @@ class BudgetClient:
         return event
 
     async def record_openai(self, usage: Any, model: str, **fields: Any) -> UsageEvent:
-        """OpenAI Chat Completions or Responses `usage` (dict or SDK object); `provider="azure"` for Azure."""
+        """OpenAI Chat Completions or Responses `usage` (dict or SDK object); `provider="azure"` for Azure.
+
+        Every `record_*` takes the `usage_event` fields, among them `messages=` and `tool_calls=`
+        (fingerprinted on the agent, only hashes sent) and `prompt_hash=`."""
         provider = fields.pop("provider", "openai")
         return self.record_nowait(provider, usage, model, **fields)
 

@@ -130,12 +130,13 @@ async def test_sql_posts_take_json_only(client: TestClient) -> None:
 
 
 async def test_no_get_changes_state(client: TestClient) -> None:
-    """The one non-GET route is the read-only SQL endpoint; every GET is a query."""
+    """The non-GET routes are the read-only SQL endpoint and the two ingest POSTs (they produce
+    to Kafka, behind the same guard); every GET is a query."""
     app = client.app
     assert app is not None
     writes = {(r.method, r.resource.canonical) for r in app.router.routes()
               if r.method not in ("GET", "HEAD") and r.resource is not None}
-    assert writes == {("POST", "/api/sql")}
+    assert writes == {("POST", "/api/sql"), ("POST", "/v1/usage"), ("POST", "/v1/traces")}
     resp = await client.get("/api/sql", params={"q": f"INSERT INTO {DB}.usage_events (event_id) VALUES ('x')"},
                             headers=bearer())
     assert resp.status == 400

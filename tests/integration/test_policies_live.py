@@ -78,6 +78,6 @@ def test_set_keeps_what_it_does_not_change(kafka_bootstrap: str, actor: str, tmp
 
 
 def test_a_bad_change_is_refused_before_anything_is_published(kafka_bootstrap: str, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["budget", "unset", "--agent", "a", "--field", "weekly_tokens",
+    result = CliRunner().invoke(app, ["budget", "unset", "--agent", "a", "--field", "yearly_tokens",
                                       "--bootstrap", kafka_bootstrap, "--topic-prefix", f"it-pol-{uuid.uuid4().hex[:8]}."])
     assert result.exit_code == 2 and "unknown budget field" in result.output
