@@ -26,8 +26,9 @@ def build_command(
         raise InputError("--task", "kill_task needs the task id")
     if command == "downgrade_model" and not model:
         raise InputError("--model", "downgrade_model needs the replacement model")
-    if model and PriceCatalog.default().lookup(model) is None:
-        close = PriceCatalog.default().suggest(model)
+    catalog = PriceCatalog.default()
+    if model and catalog.lookup(model) is None:
+        close = catalog.suggest(model)
         raise InputError("--model", f"{model!r} is not in the price catalog"
                          + (f"; did you mean {' or '.join(close)}?" if close else ""))
     if expires_in_s is not None and expires_in_s <= 0:

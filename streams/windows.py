@@ -43,7 +43,8 @@ class Counter(Struct, array_like=True):
     month_nano: int = 0
 
     def add(self, ts_ms: int, tokens: int, nano: int, cal: Calendar, fine: bool = True) -> None:
-        """Count one event. Events of an earlier day (week, month) count in their hour/minute only."""
+        """Count one event. Events of an earlier day (week, month) count in their hour/minute only.
+        The three periods are spelled out rather than looped over: this runs once per event."""
         if ts_ms >= self.day_end:
             start, end = cal.day_bounds(ts_ms)
             self.day_start, self.day_end, self.day_tokens, self.day_nano = start, end, 0, 0

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench import soak
+from ops.bench.soak_chart import write_chart
+from ops.bench.soak_stats import SoakConfig
 from ops.kafka.broker import KafkaBroker, Progress
 from streams.kafka import ensure_topics
 
@@ -83,7 +85,7 @@ def run_benchmarks(names: Sequence[str], progress: Progress) -> dict[str, dict[s
     return out
 
 
-def run_all(config: soak.SoakConfig, skip: set[str], out_dir: Path | None, progress: Progress) -> dict[str, Any]:
+def run_all(config: SoakConfig, skip: set[str], out_dir: Path | None, progress: Progress) -> dict[str, Any]:
     """Benchmarks, then the soak; writes `results.json` and `soak.png` under `out_dir` when given."""
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -98,7 +100,7 @@ def run_all(config: soak.SoakConfig, skip: set[str], out_dir: Path | None, progr
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
         if "soak" in result:
-            soak.write_chart(result["soak"], out_dir / "soak.png")
+            write_chart(result["soak"], out_dir / "soak.png")
     return result
 
 

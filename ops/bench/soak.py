@@ -33,7 +33,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ops.bench.soak_chart import write_chart
 from ops.bench.soak_probes import (
     LOOP_REPEATS,
     LagMeter,
@@ -49,9 +48,6 @@ from ops.bench.soak_stats import PROCESSOR_GROUP, SINK_GROUP, SoakConfig, SoakRe
 from ops.kafka.broker import Progress, free_port
 from ops.stack import Stack
 from streams.client import BudgetClient
-
-__all__ = ["SoakConfig", "run", "write_chart"]
-
 
 async def _soak(stack: Stack, bootstrap: str, config: SoakConfig, progress: Progress) -> dict[str, Any]:
     pid = stack.worker_pid()

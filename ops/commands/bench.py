@@ -162,7 +162,7 @@ def bench_all(
 ) -> None:
     """Processor, sink and client benchmarks, then a soak; writes results.json and soak.png."""
     from ops.bench.all import parse_skip, run_all, summary_lines
-    from ops.bench.soak import SoakConfig
+    from ops.bench.soak_stats import SoakConfig
 
     try:
         skipped = parse_skip(skip)
@@ -186,7 +186,8 @@ def bench_soak(
 ) -> None:
     """Only the soak: a real stack at a steady rate; rate, decision latency, lag and memory over time."""
     from ops.bench.all import summary_lines
-    from ops.bench.soak import SoakConfig, run
+    from ops.bench.soak import run
+    from ops.bench.soak_stats import SoakConfig
     from ops.bench.soak_chart import write_chart
 
     result = run(SoakConfig(seconds=seconds, rate=rate, agents=agents), progress)
