@@ -148,6 +148,34 @@ def bench_processor(
     )
 
 
+@bench_app.command("estimates")
+def bench_estimates(
+    rounds: Annotated[int, typer.Option("--rounds", min=100, help="Tasks run per task type.")] = 1_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fleet and its tasks.")] = 15,
+    as_json: JsonFlag = False,
+) -> None:
+    """Learned task estimates on a simulated fleet (real engine, fake clock): error, runaways and normal tasks killed."""
+    from ops.bench.estimates import run
+
+    result = run(rounds, seed, progress)
+    if as_json:
+        emit_json(result)
+        return
+    q = f"p{100 * result['quantile']:g}"
+    for n in (100, 1_000):
+        if f"est_error_{n}" in result:
+            print(f"learned estimate error after {n:>5,} tasks/type: median {result[f'est_error_{n}']:>5}%   "
+                  f"max {result[f'est_error_{n}_max']}%   (vs each type's true {q}"
+                  f"{'; target <= 10%' if n == 1_000 else ''})")
+    print(f"runaway tasks killed, no estimate given: {result['runaways_killed_pct']}%   "
+          f"({result['runaways_killed']} of {result['runaways']}; median kill at "
+          f"{result['runaway_killed_at_median']}x the true {q}; target >= 95%)")
+    print(f"normal tasks killed:                     {result['normal_killed_pct']}%   "
+          f"({result['normal_killed']} of {result['normal_tasks']:,}; in the first 100 tasks/type "
+          f"{result.get('normal_killed_pct_first_100')}%; target <= 0.5%)")
+    print(f"({result['types']} task types of {result['agents']} agents, {result['events']:,} events through the engine)")
+
+
 # --- everything, and the soak ------------------------------------------------------------
 
 
