@@ -233,7 +233,7 @@ class Policy(Struct, tag="policy", tag_field="type", kw_only=True, omit_defaults
     scope: PolicyScope
     subject: OptName = ""
     limits: Limits | None = None
-    params: dict[str, float] = {}
+    params: dict[str, float | OptName] = {}  # a str: a rule's ladder or downgrade_to
     deleted: bool = False
     author: OptName = ""
     overlay: bool = False

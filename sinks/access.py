@@ -18,7 +18,7 @@ from sinks.http_json import ApiError, ApiTokenError, get_json, read_api_token, t
 from sinks.procs import pid_alive
 from sinks.sqlguard import check_read_only, check_select
 from sinks.backend import open_store
-from sinks.store import Store, apply_schema
+from sinks.store import ReadView, Store, apply_schema
 from sinks.waste import waste
 from streams.rules_config import load_rules
 from streams.settings import WorkerSettings
@@ -91,6 +91,11 @@ class Access:
             apply_schema(self._store, self.settings.ttl_days, self.settings.rollup_ttl_days)
         return self._store
 
+    @property
+    def reader(self) -> ReadView:
+        """The store as the question commands query it: under `QueryLimits`, like the API's queries."""
+        return ReadView(self.store)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -101,29 +106,30 @@ class Access:
     def top(self, by: str, period: str, limit: int, filters: dict[str, str]) -> Any:
         if self.api:
             return self.api.get("/api/top", by=by, period=period, limit=limit, **self._filters(filters))
-        return q.top(self.store, by, period, limit, self._filters(filters), calendar=self.calendar)
+        return q.top(self.reader, by, period, limit, self._filters(filters), calendar=self.calendar)
 
     def usage(self, period: str, by: str, limit: int, filters: dict[str, str]) -> Any:
         if self.api:
             return self.api.get("/api/usage", period=period, by=by, limit=limit, **self._filters(filters))
-        return q.usage(self.store, period, by, limit, self._filters(filters), calendar=self.calendar)
+        return q.usage(self.reader, period, by, limit, self._filters(filters), calendar=self.calendar)
 
     def status(self) -> Any:
         if self.api:
             return self.api.get("/api/status")
-        return q.budget_status(self.store, self.rules)
+        return q.budget_status(self.reader, self.rules)
 
     def report(self, period: str) -> Any:
         if self.api:
             return self.api.get("/api/report", period=period)
-        return q.report(self.store, period, calendar=self.calendar)
+        return q.report(self.reader, period, calendar=self.calendar)
 
     def waste(self, period: str) -> Any:
         if self.api:
             return self.api.get("/api/waste", period=period)
-        return waste(self.store, period, calendar=self.calendar)
+        return waste(self.reader, period, calendar=self.calendar)
 
     def sql(self, text: str) -> list[dict[str, Any]]:
         if self.api:  # the owner runs the full check (ClickHouse's parse) before it runs anything
             return self.api.get("/api/sql", q=check_read_only(text))["rows"]
-        return self.store.query(check_select(self.store, text), None, True)
+        reader = self.reader
+        return reader.query(check_select(reader, text), None, True)

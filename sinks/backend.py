@@ -14,7 +14,7 @@ def open_store(settings: WorkerSettings, database: str = DEFAULT_DATABASE) -> St
     if settings.clickhouse_url:
         from sinks.server_store import ServerStore
 
-        return ServerStore(settings.clickhouse_url)
+        return ServerStore(settings.clickhouse_url, limits=settings.query_limits)
     from sinks.chdb_store import ChdbStore
 
-    return ChdbStore(settings.clickhouse_dir, database)
+    return ChdbStore(settings.clickhouse_dir, database, limits=settings.query_limits)

@@ -14,11 +14,15 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
+import structlog
 from chdb import session as chdb_session
 
 from sinks.sqlfiles import sql_text
 from sinks.rows import UsageColumns
-from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
+from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier, read_error
+from streams.settings import QueryLimits
+
+log = structlog.get_logger(__name__)
 
 # Integers stay JSON numbers (ClickHouse quotes 64-bit ints by default).
 _SETTINGS = "output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0"
@@ -67,6 +71,10 @@ def usage_arrow(usage: UsageColumns) -> pa.Table:
     )
 
 
+def _marker(tag: str) -> str:
+    return f"/* budgetwarden-query {check_identifier('q' + tag)} */ "
+
+
 class ChdbStore:
     """`Store` on chDB. Inserts hand chDB an Arrow table: `INSERT ... SELECT * FROM Python(tbl)`.
 
@@ -76,9 +84,11 @@ class ChdbStore:
     CHECK constraint reports success and writes nothing.
     """
 
-    def __init__(self, path: str | Path, database: str = DEFAULT_DATABASE) -> None:
+    def __init__(self, path: str | Path, database: str = DEFAULT_DATABASE, limits: QueryLimits = QueryLimits()) -> None:
         self.path = Path(path)
         self.database = check_identifier(database)
+        self.limits = limits
+        self._read_settings = ", ".join(f"{k} = {v!r}" for k, v in limits.clickhouse_settings().items())
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             self._session = chdb_session.Session(str(self.path))
@@ -106,6 +116,29 @@ class ChdbStore:
         except Exception as exc:
             raise StoreError(str(exc)) from exc
         return [_decoder.decode(line) for line in body.splitlines() if line]
+
+    def read(self, sql: str, params: dict[str, Any] | None, tag: str) -> list[dict[str, Any]]:
+        """On a new session (about 1 ms): chDB runs sessions of one engine side by side, so a read
+        waits behind neither the writer's session nor another read. The leading comment carries
+        `tag` into `system.processes.query`, where `cancel` finds it (chDB takes no query id)."""
+        session = chdb_session.Session(str(self.path))
+        try:
+            session.query(f"SET {_SETTINGS}, {self._read_settings}", "Null")
+            body = session.query(f"{_marker(tag)}{sql}", "JSONEachRow", params=params or None).bytes()
+        except Exception as exc:
+            raise read_error(str(exc)) from exc
+        finally:
+            session.close()
+        return [_decoder.decode(line) for line in body.splitlines() if line]
+
+    def cancel(self, tag: str) -> None:
+        session = chdb_session.Session(str(self.path))
+        try:
+            session.query(f"KILL QUERY WHERE startsWith(query, '{_marker(tag)}') ASYNC", "Null")
+        except Exception as exc:  # noqa: BLE001 - a query that cannot be killed still ends at its time limit
+            log.warning("store.cancel_failed", error=str(exc)[:300])
+        finally:
+            session.close()
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if rows:

@@ -1,7 +1,9 @@
 """The owner's HTTP API: attribution queries as JSON, read-only SQL, live status.
 
 Only the process that holds the store (chDB allows one) serves it; the CLI and the
-dashboard talk to this. Every store call runs on the store thread, never on the loop.
+dashboard talk to this. Every query runs on a query thread (`StoreRunner.read`), never on the
+loop nor on the writer's thread, under `QueryLimits`, and is killed when its client goes away
+(a 422 names the limit that stopped a query).
 A dashboard dropped into `sinks/web/` is served at `/`.
 
 Every request passes `_guard` first: a `Host` that is not one of `allowed_hosts` gets 421
@@ -28,7 +30,7 @@ from sinks import queries as q
 from sinks.ingest import add_ingest_routes
 from sinks.waste import waste
 from sinks.sqlguard import RefusedSQL, check_select
-from sinks.store import Store, StoreError, StoreRunner
+from sinks.store import QueryLimitError, Store, StoreError, StoreRunner
 from streams.client.publisher import Sender
 from streams.rules_config import RulesConfig, load_rules
 
@@ -90,6 +92,11 @@ def _now(request: web.Request) -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
+def _checked_select(store: Store, text: str) -> list[dict[str, Any]]:
+    """`/api/sql`: the guard's parse, then the statement, both through the caller's `ReadView`."""
+    return store.query(check_select(store, text), None, True)
+
+
 def make_app(
     store: Store | StoreRunner,
     live_status: Callable[[], dict[str, Any]] | None = None,
@@ -123,7 +130,7 @@ def make_app(
             call, args = fn(request)
             if in_calendar:
                 call = partial(call, calendar=calendar)
-            return json_response(await runner.run(call, runner.store, *args))
+            return json_response(await runner.read(call, *args))
 
         app.router.add_get(path, handler)
 
@@ -155,11 +162,10 @@ def make_app(
             text = body["q"]
         else:
             text = request.query.get("q", "")
-        try:  # ClickHouse parses it (EXPLAIN AST) on the store thread: only a plain SELECT passes
-            statement = await runner.run(check_select, runner.store, text)
+        try:  # ClickHouse parses it (EXPLAIN AST) on a query thread: only a plain SELECT passes
+            rows = await runner.read(_checked_select, text)
         except RefusedSQL as exc:
             return json_response({"error": str(exc)}, status=400)
-        rows = await runner.run(runner.store.query, statement, None, True)
         return json_response({"rows": rows[:MAX_SQL_ROWS], "truncated": len(rows) > MAX_SQL_ROWS})
 
     async def live(request: web.Request) -> web.Response:
@@ -233,6 +239,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -
         return await handler(request)
     except (BadRequest, ValueError) as exc:
         return json_response({"error": str(exc)}, status=400)
+    except QueryLimitError as exc:  # the query's fault, not the store's: say which limit stopped it
+        log.warning("http.query_stopped", path=request.path, limit=exc.limit)
+        return json_response({"error": f"query stopped by {exc.limit}: {str(exc)[:300]}", "limit": exc.limit},
+                             status=422)
     except StoreError as exc:
         log.warning("http.store_error", path=request.path, error=str(exc)[:300])
         return json_response({"error": str(exc)}, status=400 if request.path == "/api/sql" else 503)

@@ -6,23 +6,59 @@ placeholders server-side, so the SQL is the same as on chDB.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import clickhouse_connect
+import structlog
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from sinks.rows import USAGE_COLUMNS, UsageColumns
-from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier
+from sinks.store import DEFAULT_DATABASE, StoreError, check_identifier, read_error
+from streams.settings import QueryLimits
+
+log = structlog.get_logger(__name__)
 
 
 class ServerStore:
-    def __init__(self, url: str, client: Any | None = None) -> None:
+    """`read` and `cancel` use a second client: a client's session runs one query at a time
+    ("session is locked"), so reads go through one without a session (each HTTP request stands
+    alone, its pool is thread-safe), made at the first read; `query_id` is the read's tag."""
+
+    def __init__(self, url: str, client: Any | None = None, limits: QueryLimits = QueryLimits()) -> None:
         try:
             self._client = client if client is not None else clickhouse_connect.get_client(dsn=url)
         except ClickHouseError as exc:
             raise StoreError(f"cannot connect to ClickHouse: {exc}") from exc
         self.database = check_identifier(getattr(self._client, "database", None) or DEFAULT_DATABASE)
+        self.limits = limits
+        self._url = url
+        self._reader: Any | None = None
+        self._reader_lock = threading.Lock()
+
+    def _read_client(self) -> Any:
+        with self._reader_lock:
+            if self._reader is None:
+                try:
+                    self._reader = clickhouse_connect.get_client(dsn=self._url, autogenerate_session_id=False)
+                except ClickHouseError as exc:
+                    raise StoreError(f"cannot connect to ClickHouse: {exc}") from exc
+            return self._reader
+
+    def read(self, sql: str, params: dict[str, Any] | None, tag: str) -> list[dict[str, Any]]:
+        settings = {"query_id": tag, **self.limits.clickhouse_settings()}
+        try:
+            result = self._read_client().query(sql, parameters=params or None, settings=settings)
+        except ClickHouseError as exc:
+            raise read_error(str(exc)) from exc
+        return list(result.named_results())
+
+    def cancel(self, tag: str) -> None:
+        try:
+            self._read_client().command("KILL QUERY WHERE query_id = {tag:String} ASYNC", parameters={"tag": tag})
+        except (ClickHouseError, StoreError) as exc:  # a query that cannot be killed still ends at its time limit
+            log.warning("store.cancel_failed", error=str(exc)[:300])
 
     def command(self, sql: str) -> None:
         try:
@@ -69,4 +105,6 @@ class ServerStore:
         self.insert_columns("usage_events", USAGE_COLUMNS, usage.columns())
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._client.close()

@@ -91,7 +91,8 @@ class SinkService:
                                     **self.settings.kafka.client_options())
         await self.producer.start()
         app = make_app(self.runner, live, rules, token=token, hosts=hosts, producer=self.producer)
-        self._http = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a handler whose client went away is cancelled, and with it its query
+        self._http = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
         await site.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -26,6 +27,29 @@ class StoreError(BudgetwardenError, RuntimeError):
     """ClickHouse refused or could not run a statement; the message is ClickHouse's."""
 
 
+# ClickHouse's error names for a query stopped at one of `QueryLimits` (or by KILL QUERY)
+_STOPPED = {"TIMEOUT_EXCEEDED": "max_execution_time", "MEMORY_LIMIT_EXCEEDED": "max_memory_usage",
+            "TOO_MANY_ROWS_OR_BYTES": "max_result_rows", "QUERY_WAS_CANCELLED": "cancelled"}
+_ERROR_NAME = re.compile(r"\(([A-Z_]+)\)")
+
+
+class QueryLimitError(StoreError):
+    """A read stopped by ClickHouse at one of the query limits, or cancelled; `limit` names which
+    (`max_execution_time`, `max_memory_usage`, `max_result_rows` or `cancelled`)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def read_error(message: str) -> StoreError:
+    """A failed read as the error the API reports: QueryLimitError when a limit stopped it."""
+    for name in _ERROR_NAME.findall(message):
+        if name in _STOPPED:
+            return QueryLimitError(_STOPPED[name], message)
+    return StoreError(message)
+
+
 class Store(Protocol):
     database: str
 
@@ -43,6 +67,13 @@ class Store(Protocol):
 
     def insert_usage(self, usage: UsageColumns) -> None:
         """One INSERT of the writer's usage events (each backend's fastest shape)."""
+
+    def read(self, sql: str, params: dict[str, Any] | None, tag: str) -> list[dict[str, Any]]:
+        """A query of the API or CLI: read-only, under the store's `QueryLimits`, on a session of its
+        own (never behind the writer's inserts), findable by `tag` for `cancel`; callable from any thread."""
+
+    def cancel(self, tag: str) -> None:
+        """Stop whatever `read` runs under `tag` (KILL QUERY); nothing when none runs."""
 
     def close(self) -> None: ...
 
@@ -73,19 +104,62 @@ def check_identifier(name: str) -> str:
     return name
 
 
+class QueryCancelled(QueryLimitError):
+    """The view's caller went away: its remaining queries are not started."""
+
+
+class ReadView:
+    """The query path's `Store`: every `query` goes through `store.read` under one tag, so the
+    named queries (`sinks.queries`, ...) run limited and cancellable without knowing it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.database = store.database
+        self.tag = uuid.uuid4().hex
+        self.cancelled = False
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, readonly: bool = True) -> list[dict[str, Any]]:
+        if self.cancelled:
+            raise QueryCancelled("cancelled", "query cancelled: its client went away")
+        return self.store.read(sql, params, self.tag)
+
+    def cancel(self) -> None:
+        """No further query starts; the running one is killed."""
+        self.cancelled = True
+        self.store.cancel(self.tag)
+
+
+QUERY_THREADS = 4
+
+
 class StoreRunner:
-    """Runs every store call on ONE dedicated thread, off the event loop.
+    """Runs every write on ONE dedicated thread, off the event loop, and the API's queries on a
+    pool of their own (`read`), so the writer never waits behind a query.
 
     chDB releases the GIL while it works but blocks the calling thread; the worker's event
     loop also runs the Faust processor, so nothing touches the store from the loop itself.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, query_threads: int = QUERY_THREADS) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._queries = ThreadPoolExecutor(max_workers=query_threads, thread_name_prefix="clickhouse-query")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(view, *args)` on a query thread, `view` a `ReadView` of the store. When the awaiting
+        task is cancelled (aiohttp cancels a handler whose client disconnected), its query is
+        killed from another thread: the query threads may all be busy, the writer's must not wait."""
+        loop = asyncio.get_running_loop()
+        view = ReadView(self.store)
+        try:
+            return await loop.run_in_executor(self._queries, fn, view, *args)
+        except asyncio.CancelledError:
+            loop.run_in_executor(None, view.cancel)
+            raise
+
     def shutdown(self) -> None:
+        self._queries.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True)

@@ -43,8 +43,30 @@ ENV_VARS: dict[str, str] = {
     "BUDGETWARDEN_API_TOKEN": "bearer token every `/api/...` call needs (secret: never logged; at least 16 characters); "
                               "unset: one generated at first start into `<data-dir>/api-token` (mode 0600)",
     "BUDGETWARDEN_ACTOR": "who `budget set`, `unset` and `delete` record as the author of a change (default: the OS user)",
+    "BUDGETWARDEN_QUERY_TIMEOUT_S": "seconds one API or CLI query may run (ClickHouse max_execution_time; default 10)",
+    "BUDGETWARDEN_QUERY_MAX_MEMORY": "bytes one API or CLI query may use (ClickHouse max_memory_usage; default 2000000000)",
+    "BUDGETWARDEN_QUERY_MAX_ROWS": "rows one API or CLI query may return (ClickHouse max_result_rows; default 100000)",
+    "BUDGETWARDEN_REPLICATION_FACTOR": "replicas of every topic and changelog the project creates (default 1; 3 in production)",
+    "BUDGETWARDEN_MIN_INSYNC_REPLICAS": "min.insync.replicas of every topic the project creates (default: the broker's; "
+                                        "2 with a replication factor of 3)",
 }
 PARENT_PID_VAR = "BUDGETWARDEN_PARENT_PID"  # internal: a worker hands it to its sink child
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one API or CLI query may take, as ClickHouse settings of its session: a runaway query
+    (a sleep, a count over `numbers()`) fails naming the limit instead of holding a core for minutes."""
+
+    timeout_s: int = 10
+    max_memory_bytes: int = 2_000_000_000
+    max_result_rows: int = 100_000
+
+    def clickhouse_settings(self) -> dict[str, int | str]:
+        """The read sessions' settings; `readonly = 1` (last: it forbids changing any setting after
+        it) also stops a query from raising its own limits."""
+        return {"max_execution_time": self.timeout_s, "max_memory_usage": self.max_memory_bytes,
+                "max_result_rows": self.max_result_rows, "result_overflow_mode": "throw", "readonly": 1}
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:
@@ -76,6 +98,9 @@ class Environment:
     parent_pid: int | None = None
     actor: str = ""
     api_token: str | None = field(default=None, repr=False)
+    query_limits: QueryLimits = QueryLimits()
+    replication_factor: int = 1
+    min_insync_replicas: int | None = None
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -104,7 +129,22 @@ class Environment:
             parent_pid=_int(env, PARENT_PID_VAR),
             actor=get("BUDGETWARDEN_ACTOR", "").strip() or _os_user(),
             api_token=_api_token(env),
+            query_limits=QueryLimits(
+                timeout_s=_positive(env, "BUDGETWARDEN_QUERY_TIMEOUT_S") or QueryLimits.timeout_s,
+                max_memory_bytes=_positive(env, "BUDGETWARDEN_QUERY_MAX_MEMORY") or QueryLimits.max_memory_bytes,
+                max_result_rows=_positive(env, "BUDGETWARDEN_QUERY_MAX_ROWS") or QueryLimits.max_result_rows,
+            ),
+            replication_factor=_positive(env, "BUDGETWARDEN_REPLICATION_FACTOR") or cls.replication_factor,
+            min_insync_replicas=_positive(env, "BUDGETWARDEN_MIN_INSYNC_REPLICAS"),
         )
+
+
+def _positive(env: Mapping[str, str], name: str) -> int | None:
+    """An integer setting that only makes sense above zero (0 would mean "no limit" to ClickHouse)."""
+    value = _int(env, name)
+    if value is not None and value < 1:
+        raise ConfigError(name, f"expected an integer of at least 1, got {value}")
+    return value
 
 
 MIN_API_TOKEN_CHARS = 16
@@ -150,6 +190,9 @@ class WorkerSettings:
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     role: Role = "all"
     api_token: str | None = field(default=None, repr=False)  # None: the one generated into the data dir
+    query_limits: QueryLimits = QueryLimits()
+    replication_factor: int = 1
+    min_insync_replicas: int | None = None
 
     @property
     def clickhouse_dir(self) -> Path:
@@ -172,6 +215,8 @@ class WorkerSettings:
             "bootstrap": e.bootstrap, "data_dir": e.data_dir, "clickhouse_url": e.clickhouse_url,
             "http_host": e.http_host, "http_port": e.http_port, "control_key": e.control_key, "kafka": e.kafka,
             "ttl_days": e.ttl_days, "rollup_ttl_days": e.rollup_ttl_days, "api_token": e.api_token,
+            "query_limits": e.query_limits, "replication_factor": e.replication_factor,
+            "min_insync_replicas": e.min_insync_replicas,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
