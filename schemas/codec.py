@@ -22,6 +22,8 @@ from schemas.errors import BadInput
 from schemas.contract import (
     MAX_BATCH_EVENTS,
     SCHEMA_VERSION,
+    AdmissionGrant,
+    AdmissionRequest,
     AgentStateRecord,
     ControlCommand,
     Decision,
@@ -301,6 +303,8 @@ decode_control = MessageDecoder(ControlCommand).decode
 decode_policy = MessageDecoder(Policy).decode
 decode_deadletter = MessageDecoder(DeadLetter).decode
 decode_agent_state = MessageDecoder(AgentStateRecord).decode
+decode_admission_request = MessageDecoder(AdmissionRequest).decode
+decode_admission_grant = MessageDecoder(AdmissionGrant).decode
 
 _encoder = msgspec.json.Encoder()
 

@@ -96,6 +96,9 @@ class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defau
     tool_hash: Fingerprint = ""
     result_hash: Fingerprint = ""
     simhash: SimHash = ""
+    # optional (v1): the admission lease the call was spent from (the client instance's holder
+    # id, `streams.admission`); the granting service settles that lease by the call's tokens
+    holder: OptName = ""
 
     @property
     def total_tokens(self) -> int:
@@ -187,6 +190,39 @@ class AgentStateRecord(Struct, tag="agent_state", tag_field="type", kw_only=True
     agent_id: Name
     ts_ms: TimestampMs
     commands: Annotated[list[ControlCommand], Meta(max_length=MAX_STATE_COMMANDS)] = []
+    v: Version = SCHEMA_VERSION
+
+
+class AdmissionRequest(Struct, tag="admission_request", tag_field="type", kw_only=True, omit_defaults=True):
+    """A client's ask for allowance on `admission.requests`: `asked` more tokens, after giving
+    back `returned` unused ones (`asked=0`: renew or release only). Key: `agent_id`."""
+
+    holder: Name  # one client instance
+    agent_id: Name
+    ts_ms: TimestampMs
+    user_id: OptName = ""
+    team: OptName = ""
+    asked: Tokens = 0
+    returned: Tokens = 0
+    v: Version = SCHEMA_VERSION
+
+
+class AdmissionGrant(Struct, tag="admission_grant", tag_field="type", kw_only=True, omit_defaults=True):
+    """The answer on `admission.grants` (key `agent_id`): `granted` tokens, the holder's whole
+    lease valid `lease_ms` from its request. `final`: nothing granted because budget
+    `scope`/`subject` (`period`) has nothing left to grant; `remaining` is that budget's
+    limit minus its spend (-1: no admitted budget applies)."""
+
+    holder: Name
+    agent_id: Name
+    ts_ms: TimestampMs
+    granted: Tokens = 0
+    lease_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 0
+    final: bool = False
+    scope: OptName = ""
+    subject: OptName = ""
+    period: OptName = ""
+    remaining: Annotated[int, Meta(ge=-1)] = -1
     v: Version = SCHEMA_VERSION
 
 

@@ -15,6 +15,8 @@ POLICIES = "budget.policies"
 DEADLETTER = "usage.deadletter"
 STATE = "agent.state"  # compacted: each agent's enforcement state, read by agents at start
 ROLLUPS = "budget.rollups"  # internal: per-partition snapshots for the cross-partition merger
+ADMISSION_REQUESTS = "admission.requests"  # clients ask the granting service for allowance
+ADMISSION_GRANTS = "admission.grants"  # its answers, keyed by agent_id like agent.control
 
 DEFAULT_PARTITIONS = 4
 
@@ -60,6 +62,14 @@ class Topics:
     def rollups(self) -> str:
         return self.prefix + ROLLUPS
 
+    @property
+    def admission_requests(self) -> str:
+        return self.prefix + ADMISSION_REQUESTS
+
+    @property
+    def admission_grants(self) -> str:
+        return self.prefix + ADMISSION_GRANTS
+
     def sink(self) -> list[str]:
         """What the sink stores in ClickHouse (every topic but the internal rollups)."""
         return [self.usage, self.decisions, self.control, self.policies, self.deadletter]
@@ -77,4 +87,7 @@ class Topics:
             TopicSpec(self.deadletter, partitions),
             TopicSpec(self.state, partitions, compacted),
             TopicSpec(self.rollups, 1),
+            # one partition: one granting service answers at a time (a consumer group's single owner)
+            TopicSpec(self.admission_requests, 1, {"retention.ms": "3600000"}),
+            TopicSpec(self.admission_grants, partitions, {"retention.ms": "3600000"}),
         ]

@@ -22,3 +22,20 @@ class AgentPaused(BudgetwardenError):
         self.agent_id = agent_id
         self.reason = reason
         self.until_ms = until_ms
+
+
+class BudgetExceeded(BudgetwardenError):
+    """Admission refused a call: the client's allowance cannot cover its estimate and the
+    granting service said the budget `scope`/`subject` (e.g. `team`/`search`, period `day`)
+    has nothing more to grant. `remaining` is that budget's unspent tokens as the service last
+    saw them (allowances held by other clients included)."""
+
+    def __init__(self, scope: str, subject: str, remaining: int, estimate: int, period: str = "day") -> None:
+        name = f"{scope} {subject!r}" if subject else scope
+        super().__init__(f"{period} token budget of {name} exhausted: {remaining} tokens remain "
+                         f"(held by other clients or too few), this call needs {estimate}")
+        self.scope = scope
+        self.subject = subject
+        self.period = period
+        self.remaining = remaining
+        self.estimate = estimate
