@@ -25,7 +25,7 @@ from schemas.contract import ControlCommand, Decision, DeadLetter, Limits, TaskE
 from schemas.pricing import PriceCatalog
 from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
-from streams.rules import Emitter, agent_decisions, task_decisions
+from streams.rules import Emitter, agent_decisions, downgrade_target, task_decisions
 from streams.rules_config import RulesConfig
 from streams.status import agent_status
 from streams.state import (
@@ -446,7 +446,8 @@ class Engine:
             agent.paused_until = expires_ms
         self.recent.append(decision)
         out.decisions.append(decision)
-        out.commands.extend(commands_for(decision, expires_ms=expires_ms, control_key=self.control_key))
+        model = downgrade_target(self.config, decision.rule) if decision.action == "downgrade_model" else ""
+        out.commands.extend(commands_for(decision, expires_ms=expires_ms, model=model, control_key=self.control_key))
 
     # --- to the merger and the dashboard ----------------------------------------------------
 

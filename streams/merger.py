@@ -1,5 +1,6 @@
 """The merger: sums the partitions' snapshots of user/team/model/global totals and runs the
-budgets that span partitions (daily_budget_exceeded, user_budget_exceeded, budget_forecast).
+budgets that span partitions (daily_budget_exceeded, user_budget_exceeded, budget_forecast)
+and the spikes of users and models (user_spike, model_spike, from the summed hour buckets).
 
 It keeps, per subject, the latest snapshot from each source partition (replaced only by one
 with an equal or larger offset watermark), so replayed or duplicated rollups change nothing
@@ -19,7 +20,7 @@ from msgspec import Struct
 from schemas.contract import FLEET_KEY, ControlCommand, Decision, Limits, team_key
 from schemas.clock import Clock, system_ms
 from streams.commands import commands_for
-from streams.rules import PERIODS, Emitter, dim_decisions
+from streams.rules import PERIODS, Emitter, dim_decisions, dim_spike
 from streams.rules_config import RulesConfig
 from streams.state import AgentInfo, DimState, Rollup, decode_info, encode_state
 from streams.status import percent
@@ -28,6 +29,9 @@ from streams.windows import merged
 SUBJECT_PREFIX = b"m|"
 AGENT_PREFIX = b"i|"
 FIRED_KEY = b"fired"
+LADDERS_KEY = b"ladders"  # written since escalation ladders; absent in older changelogs (empty then)
+FIRED_KEPT_MS = 3 * 86_400_000
+SPIKE_DIMS = ("user", "model")
 AGENT_TTL_MS = 48 * 3_600_000  # an agent unseen this long is no longer paused by fleet actions
 
 
@@ -39,6 +43,7 @@ class MergedSubject(Struct, array_like=True):
 
 _subject_decoder = msgspec.msgpack.Decoder(MergedSubject)
 _fired_decoder = msgspec.msgpack.Decoder(dict[str, int])
+_ladders_decoder = msgspec.msgpack.Decoder(dict[str, tuple[int, int]])
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Merger:
         self.subjects: dict[tuple[str, str], MergedSubject] = {}
         self.agents: dict[str, AgentInfo] = {}
         self.fired: dict[str, int] = {}
+        self.ladders: dict[str, tuple[int, int]] = {}  # "rule|subject" -> (last step, event time)
         self.recent: deque[Decision] = deque(maxlen=100)
         self.set_config(config)
 
@@ -72,6 +78,8 @@ class Merger:
                 self.agents[info.agent_id] = info
             elif key == FIRED_KEY:
                 self.fired = _fired_decoder.decode(value)
+            elif key == LADDERS_KEY:
+                self.ladders = _ladders_decoder.decode(value)
 
     def limits(self, dim: str, subject: str) -> Limits | None:
         b = self.config.budgets
@@ -103,21 +111,35 @@ class Merger:
         for (dim, name), subject in touched.items():
             out.writes.append((b"%b%b|%b" % (SUBJECT_PREFIX, dim.encode(), name.encode()), encode_state(subject)))
             limits = self.limits(dim, name)
-            if not limits:
+            spikes = dim in SPIKE_DIMS
+            if not limits and not spikes:
                 continue
             counters = [p.counter for p in subject.parts.values()]
             windows = {period: merged(counters, period) for period in PERIODS}
             at_ms = max(c.last_ts for c in counters)
-            for d in dim_decisions(self.emitter, self.fired, dim, name, limits, windows, at_ms):
+            found = dim_decisions(self.emitter, self.fired, dim, name, limits, windows, at_ms) if limits else []
+            if spikes:
+                hours: dict[int, int] = {}
+                for c in counters:
+                    for k, v in c.hours.items():
+                        hours[k] = hours.get(k, 0) + v
+                spiked = dim_spike(self.emitter, self.fired, self.ladders, dim, name, limits, hours, at_ms)
+                if spiked is not None:
+                    found.append(spiked)
+            for d in found:
                 self.recent.append(d)
                 out.decisions.append(d)
                 state_key = FLEET_KEY if dim == "global" else team_key(name) if dim == "team" else ""
                 out.commands.extend(commands_for(d, targets=self._targets(dim, subject, at_ms), expires_ms=windows[d.window][1] if d.window in windows else windows["day"][1],
                                                  control_key=self.control_key, state_key=state_key))
         if len(self.fired) != fired_before:
-            cutoff = self.now_ms() - 3 * 86_400_000
+            cutoff = self.now_ms() - FIRED_KEPT_MS
             self.fired = {k: v for k, v in self.fired.items() if v >= cutoff}
             out.writes.append((FIRED_KEY, encode_state_dict(self.fired)))
+            # a spike's step is kept as long as its decision id (ladder times are event times)
+            newest = max((ts for _, ts in self.ladders.values()), default=0)
+            self.ladders = {k: v for k, v in self.ladders.items() if v[1] >= newest - FIRED_KEPT_MS}
+            out.writes.append((LADDERS_KEY, msgspec.msgpack.encode(self.ladders)))
         return out
 
     def _targets(self, dim: str, subject: MergedSubject, at_ms: int) -> list[AgentInfo]:

@@ -50,15 +50,15 @@ def build_policy(
                               "subject": subject, "deleted": delete, "author": author, "reason": reason,
                               "overlay": True, "unset": [] if delete else unset_fields}
     if scope == "rule":
-        parsed: dict[str, float] = {}
+        parsed: dict[str, float | str] = {}
         for item in params or []:
             name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise PolicyError("--param", f"expected name=value, got {item!r}")
             try:
                 parsed[name.strip()] = float(value)
-            except ValueError:
-                raise PolicyError("--param", f"expected name=number, got {item!r}") from None
-            if not sep or not name.strip():
-                raise PolicyError("--param", f"expected name=number, got {item!r}")
+            except ValueError:  # text: a ladder (notify,kill_task) or a model; the rule checks it
+                parsed[name.strip()] = value.strip()
         _check_change(delete, bool(parsed), unset_fields, set(parsed), "--param k=v")
         policy = _valid(Policy(params={} if delete else parsed, changed=sorted({*parsed, *unset_fields}), **common))
         try:

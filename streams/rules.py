@@ -10,14 +10,15 @@ of cross-partition subjects (user, team, global) run in the merger.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
 from schemas.contract import Decision, Limits, UsageEvent
 from schemas.money import format_usd
 from schemas.clock import Clock
-from streams.rules_config import RulesConfig
+from schemas.calendar import HOUR_MS
+from streams.rules_config import Ladder, RulesConfig, SpikeParams, TaskLadder, WindowLadder
 from streams.state import HASHES_CAP, RESULTS_CAP, TOOLS_CAP, TURNS_CAP, AgentState, TaskState
 from streams.windows import hour_start
 
@@ -36,6 +37,8 @@ RULE_TABLE: dict[str, tuple[str, str]] = {
     "tool_cycle_detected": ("P1", "kill_task"),
     "no_progress_detected": ("P1", "kill_task"),
     "retry_storm_detected": ("P1", "kill_task"),
+    "user_spike": ("P2", "investigate"),
+    "model_spike": ("P2", "investigate"),
 }
 
 
@@ -136,6 +139,86 @@ def forecast(total: int, day_start: int, day_end: int, at_ms: int, min_fraction:
     if length <= 0 or elapsed <= 0 or elapsed < length * min_fraction:
         return None
     return total * length // elapsed
+
+
+# --- escalation ladders ---------------------------------------------------------------------
+
+
+def _note(step: int, steps: list[str], why: str) -> str:
+    """What the message says of the step: nothing for a one-step ladder (messages as before)."""
+    return "" if len(steps) == 1 else f" [step {step}/{len(steps)}: {steps[step - 1]}; {why}]"
+
+
+def task_step(task: TaskState, rule: str, params: TaskLadder) -> tuple[int, str, str]:
+    """(step, action, note) of a task rule whose condition holds on this event: the step climbs
+    once per `escalate_every` events the condition held on (counted in the task's `holds`)."""
+    holds = task.holds[rule] = task.holds.get(rule, 0) + 1
+    steps = params.steps(RULE_TABLE[rule][1])
+    step = min(len(steps), 1 + (holds - 1) // params.escalate_every)
+    why = "first detection" if holds == 1 else f"condition held on {holds} events"
+    return step, steps[step - 1], _note(step, steps, why)
+
+
+def window_step(ladders: MutableMapping[str, tuple[int, int]], key: str, rule: str, params: WindowLadder,
+                at_ms: int) -> tuple[int, str, str]:
+    """(step, action, note) of a windowed rule firing at event time `at_ms`: one step above its
+    previous firing's when that was within `escalate_within_ms`, else step 1; recorded in `ladders`."""
+    steps = params.steps(RULE_TABLE[rule][1])
+    previous = ladders.get(key)
+    if previous is not None and 0 <= at_ms - previous[1] <= params.escalate_within_ms:
+        step = min(len(steps), previous[0] + 1)
+        why = f"fired again {(at_ms - previous[1]) // 60_000} min after step {previous[0]}"
+    else:
+        step, why = 1, "first firing"
+    ladders[key] = (step, at_ms)
+    return step, steps[step - 1], _note(step, steps, why)
+
+
+def downgrade_target(config: RulesConfig, rule: str) -> str:
+    """The model a `downgrade_model` decision of `rule` switches to ("" when the rule has no ladder)."""
+    params = getattr(config.rules, rule, None)
+    return params.downgrade_to if isinstance(params, Ladder) else ""
+
+
+# --- spikes (agents here, users and models in the merger) ------------------------------------
+
+
+def baseline(hours: Mapping[int, int], at_ms: int, params: SpikeParams) -> tuple[int, int] | None:
+    """(median tokens, hours counted) of the active hours among the `baseline_hours` complete hours
+    before the one of `at_ms`; None with fewer than `min_hours` of them."""
+    current = hour_start(at_ms)
+    lo = current - params.baseline_hours * HOUR_MS
+    prior = sorted(v for k, v in hours.items() if lo <= k < current and v > 0)
+    if len(prior) < params.min_hours:
+        return None
+    return prior[(len(prior) - 1) // 2], len(prior)
+
+
+def sliding_hour(hours: Mapping[int, int], at_ms: int) -> int:
+    """The last hour's tokens from hour buckets alone (users and models keep no minutes): the
+    current hour so far plus the share of the previous hour the sliding hour still covers,
+    assuming the previous hour's tokens were spread evenly."""
+    current = hour_start(at_ms)
+    covered = HOUR_MS - (at_ms - current)
+    return hours.get(current, 0) + hours.get(current - HOUR_MS, 0) * covered // HOUR_MS
+
+
+def spike(hours: Mapping[int, int], observed: int, at_ms: int, hourly_limit: int | None,
+          params: SpikeParams) -> tuple[int, str] | None:
+    """(the level exceeded, what it is) when `observed`, the last hour's tokens, is a spike: over
+    `factor` x the hourly limit, else over `baseline_factor` x the subject's own baseline (with at
+    least `min_tokens`); None otherwise. One function for agents, users and models."""
+    if hourly_limit is not None and observed > hourly_limit * params.factor:
+        return hourly_limit, f"{params.factor:g}x its hourly limit of {hourly_limit}"
+    if observed < params.min_tokens or observed == 0:
+        return None
+    found = baseline(hours, at_ms, params)
+    if found is None:
+        return None
+    base, n = found
+    if observed > base * params.baseline_factor:
+        return base, f"{params.baseline_factor:g}x its baseline of {base} (median of {n} active hours)"
+    return None
 
 
 # --- task rules (per event) ---------------------------------------------------------------
@@ -312,6 +395,12 @@ def task_decisions(
     fired = _TaskFired(task)
     out: list[Decision | None] = []
     for hit in hits:
+        params = getattr(rules, hit["rule"])
+        if isinstance(params, TaskLadder):
+            step, hit["action"], note = task_step(task, hit["rule"], params)
+            hit["message"] += note
+            if step > 1:
+                hit["level"] = f"step{step}"
         if hit.get("level") == "kill":
             warn_id = em.id_of("estimate_overrun", "task", task_id, task.first_ts, "warn", name)
             if warn_id not in fired:
@@ -346,17 +435,19 @@ def agent_decisions(em: Emitter, agent: AgentState, limits: Limits, at_ms: int, 
                            observed=observed, limit=limit, unit=unit, action="notify" if critical else None,
                            message=f"Agent {name} is over its {adjective} budget: {_show(observed, unit)} of "
                                    f"{_show(limit, unit)}" + (" (critical: not paused)" if critical else ""), **common))
-    spiked = em.fired(agent.fired, "agent_spike", "agent", name, hour_start(at_ms))
-    hourly = None if spiked else limits.hourly_tokens if limits.hourly_tokens is not None else c.hour_baseline(at_ms)
-    if hourly:
+    params = rules.agent_spike
+    if params.enabled and not em.fired(agent.fired, "agent_spike", "agent", name, hour_start(at_ms)):
         hour_tokens = c.last_hour(at_ms)
-        factor = rules.agent_spike.factor
-        if hour_tokens > hourly * factor:
-            basis = "hourly limit" if limits.hourly_tokens is not None else "hourly baseline"
+        found = spike(c.hours, hour_tokens, at_ms, limits.hourly_tokens, params)
+        if found is not None:
+            level, basis = found
+            _, action, note = window_step(agent.ladders, "agent_spike", "agent_spike", params, at_ms)
+            if critical and action == "pause_agent":
+                action, note = "notify", note + " (critical: not paused)"
             out.append(em.emit(agent.fired, "agent_spike", window="hour", window_start=hour_start(at_ms),
-                               observed=hour_tokens, limit=hourly, unit="tokens",
+                               observed=hour_tokens, limit=level, unit="tokens", action=action,
                                message=f"Agent {name} spiked: {hour_tokens} tokens in the last hour, over "
-                                       f"{factor:g}x its {basis} of {hourly}", **common))
+                                       f"{basis}{note}", **common))
     if not over:
         out.append(_forecast(em, agent.fired, tokens, nano, c.day_start, c.day_end, at_ms, limits, common))
     return [d for d in out if d is not None]
@@ -419,3 +510,25 @@ def dim_decisions(
         day_start, day_end, tokens, nano = windows["day"]
         out.append(_forecast(em, fired, tokens, nano, day_start, day_end, at_ms, limits, common))
     return [d for d in out if d is not None]
+
+
+def dim_spike(
+    em: Emitter, fired: MutableMapping[str, int], ladders: MutableMapping[str, tuple[int, int]], dim: str,
+    subject: str, limits: Limits | None, hours: Mapping[int, int], at_ms: int,
+) -> Decision | None:
+    """`user_spike` / `model_spike`: the subject's last hour (all partitions' hour buckets summed)
+    against its hourly limit and its own baseline, as `agent_spike` judges an agent."""
+    rule = f"{dim}_spike"
+    params: SpikeParams = getattr(em.config.rules, rule)
+    if not params.enabled or em.fired(fired, rule, dim, subject, hour_start(at_ms)):
+        return None
+    observed = sliding_hour(hours, at_ms)
+    found = spike(hours, observed, at_ms, limits.hourly_tokens if limits else None, params)
+    if found is None:
+        return None
+    level, basis = found
+    _, action, note = window_step(ladders, f"{rule}|{subject}", rule, params, at_ms)
+    return em.emit(fired, rule, scope=dim, subject=subject, window="hour", window_start=hour_start(at_ms),
+                   observed=observed, limit=level, unit="tokens", action=action,
+                   message=f"{dim.capitalize()} {subject} spiked: about {observed} tokens in the last hour, over "
+                           f"{basis}{note}")

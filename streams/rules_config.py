@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -17,6 +17,7 @@ import yaml
 from msgspec import Meta, Struct
 
 
+from schemas.calendar import HOUR_MS
 from schemas.contract import Limits, Policy
 from schemas.codec import bad_input
 from schemas.errors import ConfigError
@@ -25,11 +26,56 @@ from schemas.money import usd_to_nanos
 Factor = Annotated[float, Meta(gt=0)]
 
 
-class RunawayParams(Struct, forbid_unknown_fields=True):
+class Ladder(Struct, forbid_unknown_fields=True):
+    """A rule's escalation ladder. `ladder`: the action of each step, comma-separated
+    (`notify,downgrade_model,pause_agent`; the rules file also takes a YAML list); "" is the
+    rule's one action of the rules table, a one-step ladder, so a config without a ladder keeps
+    its meaning. `downgrade_to`: the model a `downgrade_model` step switches the agent to (the
+    client applies it only to dearer models). A string, so a live policy can set it
+    (`--param ladder=notify,kill_task`)."""
+
+    ladder: str = ""
+    downgrade_to: str = ""
+    STEPS: ClassVar[tuple[str, ...]] = ()  # the actions a step of this rule may take
+
+    def __post_init__(self) -> None:
+        steps = [s.strip() for s in self.ladder.split(",")] if self.ladder.strip() else []
+        for step in steps:
+            if step not in self.STEPS:
+                raise ValueError(f"ladder step {step!r} is not one of {', '.join(self.STEPS)}")
+        if "downgrade_model" in steps and not self.downgrade_to:
+            raise ValueError("a downgrade_model step needs downgrade_to (the cheaper model)")
+        self.ladder = ",".join(steps)
+
+    def steps(self, default: str) -> list[str]:
+        """The actions of the steps; [`default`] without a ladder."""
+        return self.ladder.split(",") if self.ladder else [default]
+
+
+class TaskLadder(Ladder, forbid_unknown_fields=True):
+    """A task rule's ladder climbs with the evidence: one step further each time the rule's
+    condition holds on `escalate_every` more events of the task (a loop repeating again, a
+    cycle going round again, one more failed call)."""
+
+    escalate_every: Annotated[int, Meta(ge=1)] = 1
+    STEPS: ClassVar[tuple[str, ...]] = ("notify", "investigate", "throttle", "downgrade_model", "pause_agent",
+                                        "kill_task")
+
+
+class WindowLadder(Ladder, forbid_unknown_fields=True):
+    """A windowed rule (one decision per hour at most) climbs when it fires again within
+    `escalate_within_ms` (event time) of its previous firing for the same subject; after a
+    quiet spell it starts again at step 1."""
+
+    escalate_within_ms: Annotated[int, Meta(ge=0)] = 3 * HOUR_MS
+    STEPS: ClassVar[tuple[str, ...]] = ("notify", "investigate", "throttle", "downgrade_model", "pause_agent")
+
+
+class RunawayParams(TaskLadder, forbid_unknown_fields=True):
     factor: Factor = 3.0
 
 
-class LoopParams(Struct, forbid_unknown_fields=True):
+class LoopParams(TaskLadder, forbid_unknown_fields=True):
     """`repeats` of one prompt_hash, turn_hash or tool_hash within `within_steps` steps of a task
     is a loop; so are `repeats` turns whose SimHashes lie within `simhash_distance` bits of each
     other (near-identical turns; -1: off)."""
@@ -39,7 +85,7 @@ class LoopParams(Struct, forbid_unknown_fields=True):
     simhash_distance: Annotated[int, Meta(ge=-1, le=32)] = 3
 
 
-class ToolCycleParams(Struct, forbid_unknown_fields=True):
+class ToolCycleParams(TaskLadder, forbid_unknown_fields=True):
     """The task's last tool calls (by tool_hash) are a block of 2 to `max_period` calls, not all
     the same, repeated `repeats` times in a row (A B A B A B)."""
 
@@ -48,14 +94,14 @@ class ToolCycleParams(Struct, forbid_unknown_fields=True):
     enabled: bool = True
 
 
-class NoProgressParams(Struct, forbid_unknown_fields=True):
+class NoProgressParams(TaskLadder, forbid_unknown_fields=True):
     """The same tool result (result_hash) `repeats` times in one task."""
 
     repeats: Annotated[int, Meta(ge=2)] = 5
     enabled: bool = True
 
 
-class RetryStormParams(Struct, forbid_unknown_fields=True):
+class RetryStormParams(TaskLadder, forbid_unknown_fields=True):
     """`consecutive` events of a task in a row with status error or retry."""
 
     consecutive: Annotated[int, Meta(ge=2)] = 8
@@ -82,8 +128,28 @@ class EstimateParams(Struct, forbid_unknown_fields=True):
     task_idle_ms: Annotated[int, Meta(ge=0)] = 30 * 60 * 1000  # 0: tasks end only by task_end (or eviction)
 
 
-class SpikeParams(Struct, forbid_unknown_fields=True):
+class SpikeParams(WindowLadder, forbid_unknown_fields=True):
+    """A spike: the last hour's tokens over `factor` x the subject's hourly limit, or (with or
+    without a limit) over `baseline_factor` x its own baseline: the median of its active hours
+    (hours with usage) among the `baseline_hours` complete hours before the current one, once
+    there are `min_hours` of them. A last hour under `min_tokens` is never a spike against the
+    baseline, so a quiet subject's first burst is not one. The median, not the mean: one
+    earlier spike does not raise the bar, and hours an agent sleeps through do not lower it."""
+
     factor: Factor = 2.0
+    baseline_factor: Factor = 5.0
+    baseline_hours: Annotated[int, Meta(ge=1, le=47)] = 24
+    min_hours: Annotated[int, Meta(ge=1, le=47)] = 3
+    min_tokens: Annotated[int, Meta(ge=0)] = 10_000
+    enabled: bool = True
+
+
+class UserSpikeParams(SpikeParams, forbid_unknown_fields=True):
+    STEPS: ClassVar[tuple[str, ...]] = ("notify", "investigate", "throttle")  # throttles the user's agents
+
+
+class ModelSpikeParams(SpikeParams, forbid_unknown_fields=True):
+    STEPS: ClassVar[tuple[str, ...]] = ("notify", "investigate")  # a model has no agents of its own to act on
 
 
 class ForecastParams(Struct, forbid_unknown_fields=True):
@@ -108,6 +174,8 @@ class RuleSettings(Struct, forbid_unknown_fields=True):
     tool_cycle_detected: ToolCycleParams = msgspec.field(default_factory=ToolCycleParams)
     no_progress_detected: NoProgressParams = msgspec.field(default_factory=NoProgressParams)
     retry_storm_detected: RetryStormParams = msgspec.field(default_factory=RetryStormParams)
+    user_spike: UserSpikeParams = msgspec.field(default_factory=UserSpikeParams)
+    model_spike: ModelSpikeParams = msgspec.field(default_factory=ModelSpikeParams)
 
 
 class Budgets(Struct, forbid_unknown_fields=True):
@@ -190,6 +258,18 @@ def _normalize_budgets(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "budgets": budgets}
 
 
+def _normalize_ladders(raw: dict[str, Any]) -> dict[str, Any]:
+    """A ladder written as a YAML list (`ladder: [notify, kill_task]`) as the string the rule keeps."""
+    rules = raw.get("rules")
+    if not isinstance(rules, dict):
+        return raw
+    out = dict(rules)
+    for name, params in rules.items():
+        if isinstance(params, dict) and isinstance(params.get("ladder"), list):
+            out[name] = {**params, "ladder": ",".join(str(step) for step in params["ladder"])}
+    return {**raw, "rules": out}
+
+
 def parse_rules(raw: dict[str, Any] | None) -> RulesConfig:
     if raw is None:
         raw = {}
@@ -199,7 +279,7 @@ def parse_rules(raw: dict[str, Any] | None) -> RulesConfig:
         if key in raw:
             raise ConfigError(key, "not a rules file setting")
     try:
-        config = msgspec.convert(_normalize_budgets(raw), RulesConfig, strict=False)
+        config = msgspec.convert(_normalize_ladders(_normalize_budgets(raw)), RulesConfig, strict=False)
     except msgspec.ValidationError as err:
         found = bad_input(err)
         raise ConfigError(found.field if found.field not in ("", "$") else "rules file", found.reason) from None

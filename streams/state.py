@@ -63,6 +63,7 @@ class TaskState(Struct, array_like=True):
     tools: list[str] = []  # recent tool_hash, oldest first (tool-call cycles)
     results: dict[str, int] = {}  # result_hash -> times returned in the task, least recently seen first
     errors: int = 0  # consecutive events with status error / retry (retry storms)
+    holds: dict[str, int] = {}  # rule -> events of the task its condition held on (ladder evidence; one per rule)
 
 
 class TaskSizes(Struct, array_like=True):
@@ -126,6 +127,7 @@ class AgentState(Struct, array_like=True):
     paused_until: int = 0
     sizes: TaskSizes = msgspec.field(default_factory=TaskSizes)  # every ended task of the agent
     type_sizes: dict[str, TaskSizes] = {}  # per task_type, least recently ended first (TYPES_CAP)
+    ladders: dict[str, tuple[int, int]] = {}  # windowed rule -> (its last step, event time it fired); one per rule
 
     def remember(self, h: int, pos: int) -> None:
         seen = self.seen

@@ -88,14 +88,6 @@ class Counter(Struct, array_like=True):
         lo = minute_start(end_ms) - HOUR_MS
         return sum(v for k, v in self.minutes.items() if lo < k <= end_ms)
 
-    def hour_baseline(self, end_ms: int, hours: int = 24) -> int | None:
-        """Mean tokens per complete hour before the current one, or None without 3h of history."""
-        current = hour_start(end_ms)
-        prior = [v for k, v in self.hours.items() if current - hours * HOUR_MS <= k < current]
-        if len(prior) < 3:
-            return None
-        return sum(prior) // len(prior)
-
 
 def _bump(buckets: dict[int, int], key: int, amount: int, oldest: int) -> None:
     if key < oldest:

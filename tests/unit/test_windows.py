@@ -72,16 +72,6 @@ def test_old_buckets_are_pruned() -> None:
     assert UTC_MIDNIGHT not in c.hours  # hours keep 48
 
 
-def test_hour_baseline_needs_three_prior_hours() -> None:
-    cal = Calendar("UTC")
-    c = Counter()
-    for h in range(2):
-        c.add(UTC_MIDNIGHT + h * HOUR_MS, 100, 0, cal)
-    assert c.hour_baseline(UTC_MIDNIGHT + 2 * HOUR_MS) is None
-    c.add(UTC_MIDNIGHT + 2 * HOUR_MS, 400, 0, cal)
-    assert c.hour_baseline(UTC_MIDNIGHT + 3 * HOUR_MS) == 200
-
-
 def test_merged_day_sums_only_the_newest_day() -> None:
     cal = Calendar("UTC")
     a, b, old = Counter(), Counter(), Counter()
