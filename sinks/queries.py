@@ -10,18 +10,16 @@ with a `usd` 9-decimal string next to it.
 """
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from schemas.calendar import Calendar, Window, window
 from schemas.clock import system_ms
+from schemas.contract import Limits
 from schemas.money import format_usd
 from schemas.pricing import PriceCatalog
 from sinks.sqlfiles import sql_text
 from sinks.store import Store
-from schemas.contract import Limits
 from streams.rules import PERIODS, period_limits
 from streams.rules_config import RulesConfig
 
@@ -47,13 +45,8 @@ def _column(dimension: str) -> str:
 
 def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, str] | None = None,
               dim: str | None = None) -> list[Row]:
-    """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled
-    in, and `({usage})` (the window's usage from rollups and raw rows, `usage_source`)."""
-    sql = sql_text(name)
-    if "({usage})" in sql:
-        raw_only = dim in RAW_DIMENSIONS or any(d in RAW_DIMENSIONS for d in filters or {})
-        sql = sql.replace("({usage})", f"({usage_source(store, params, raw_only)})")
-    sql = sql.replace("{db}", store.database)
+    """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled in."""
+    sql = sql_text(name).replace("{db}", store.database)
     clauses = []
     for dimension, value in (filters or {}).items():
         column = _column(dimension)
@@ -63,64 +56,6 @@ def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[
     if dim is not None:
         sql = sql.replace("{dim}", _column(dim))
     return store.query(sql, params)
-
-
-# rollups ----------------------------------------------------------------------------------
-RAW_DIMENSIONS = frozenset({"task", "session"})  # not in the rollups (as many keys as raw rows)
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
-
-
-def rollup_watermark(store: Store) -> int:
-    """Where the rollups end (`sinks.rollups`): every hour before it is rolled up."""
-    return int(store.query(f"SELECT toInt64(max(rolled_until_ms)) AS w FROM {store.database}.rollup_state")[0]["w"])
-
-
-def split_range(start: int, end: int, mark: int, daily: bool, hourly: bool) -> tuple[list[tuple[int, int]], ...]:
-    """[start, end) as (days, hours, raw) ranges: whole UTC days and whole hours below the
-    watermark from the rollups, the rest (the open hour, edges off the hour) raw."""
-    first = -(-start // HOUR_MS) * HOUR_MS
-    last = min(end // HOUR_MS * HOUR_MS, mark)
-    if not hourly or last <= first:
-        return [], [], [(start, end)]
-    raw = [r for r in ((start, first), (last, end)) if r[0] < r[1]]
-    day_first, day_last = -(-first // DAY_MS) * DAY_MS, last // DAY_MS * DAY_MS
-    if not daily or day_last <= day_first:
-        return [], [(first, last)], raw
-    hours = [r for r in ((first, day_first), (day_last, last)) if r[0] < r[1]]
-    return [(day_first, day_last)], hours, raw
-
-
-def usage_source(store: Store, params: Mapping[str, Any], raw_only: bool = False) -> str:
-    """`sql/usage_source.sql` for the query's window [start_ms, end_ms) (split at start_ms
-    when the query compares it with [prev_start_ms, start_ms)). UTC days are used only when
-    the query groups by nothing finer than its window or its time zone is UTC, hours only when
-    the zone's offset is whole hours (a local midnight is then an hour start)."""
-    start, end = int(params["start_ms"]), int(params["end_ms"])
-    spans = [(int(params["prev_start_ms"]), start), (start, end)] if "prev_start_ms" in params else [(start, end)]
-    zone = params.get("tz")
-    daily = zone is None or zone == "UTC"
-    hourly = not raw_only and (zone is None or all(
-        (ZoneInfo(zone).utcoffset(dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)) or dt.timedelta()).total_seconds()
-        % 3600 == 0 for span in spans for ms in span))
-    mark = rollup_watermark(store) if hourly else 0
-    days: list[tuple[int, int]] = []
-    hours: list[tuple[int, int]] = []
-    raw: list[tuple[int, int]] = []
-    for lo, hi in spans:
-        d, h, r = split_range(lo, hi, mark, daily, hourly)
-        days, hours, raw = days + d, hours + h, raw + r
-
-    def where(ranges: list[tuple[int, int]], column: str) -> str:
-        parts = [f"({column} >= toDateTime({lo // 1000}, 'UTC') AND {column} < toDateTime({hi // 1000}, 'UTC'))"
-                 if column == "bucket" else
-                 f"({column} >= fromUnixTimestamp64Milli({lo}, 'UTC') AND {column} < fromUnixTimestamp64Milli({hi}, 'UTC'))"
-                 for lo, hi in ranges]
-        return " OR ".join(parts) or "0"
-
-    text = "\n".join(line for line in sql_text("usage_source").splitlines() if not line.startswith("--"))
-    return (text.replace("{daily_ranges}", where(days, "bucket"))
-            .replace("{hourly_ranges}", where(hours, "bucket")).replace("{raw_ranges}", where(raw, "ts")))
 
 
 def query_window(period: str, now_ms: int | None, calendar: Calendar | None = None) -> Window:
