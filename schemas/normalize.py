@@ -31,6 +31,7 @@ __all__ = [
     "from_bedrock",
     "from_gemini",
     "from_canonical",
+    "from_litellm",
     "normalize",
 ]
 
@@ -214,6 +215,33 @@ def from_canonical(usage: Any) -> CanonicalUsage:
         cache_read_tokens=_int(usage, "cache_read_tokens", ""),
         cache_write_tokens=_int(usage, "cache_write_tokens", ""),
         cache_write_1h_tokens=_int(usage, "cache_write_1h_tokens", ""),
+    )
+
+
+def from_litellm(usage: Any) -> CanonicalUsage:
+    """LiteLLM's `Usage`, OpenAI-shaped for every provider it routes to: `prompt_tokens` INCLUDES
+    cache reads (`prompt_tokens_details.cached_tokens`, or Anthropic's `cache_read_input_tokens`
+    beside it) and cache writes (`prompt_tokens_details.cache_creation_tokens` or
+    `cache_creation_input_tokens`), whose `cache_creation_token_details` split 5-minute from 1-hour
+    writes; without the split every write is a 5-minute write (the providers' default TTL)."""
+    _check_object(usage)
+    prompt = _int(usage, "prompt_tokens", "", required=True)
+    completion = _int(usage, "completion_tokens", "", required=True)
+    details = _raw(usage, "prompt_tokens_details")
+    path = "prompt_tokens_details"
+    read = _int(details, "cached_tokens", path) or _int(usage, "cache_read_input_tokens", "")
+    written = _int(details, "cache_creation_tokens", path) or _int(usage, "cache_creation_input_tokens", "")
+    split = _raw(details, "cache_creation_token_details")
+    w1h = _int(split, "ephemeral_1h_input_tokens", f"{path}.cache_creation_token_details")
+    if w1h > written:
+        raise NormalizeError(f"{path}.cache_creation_token_details.ephemeral_1h_input_tokens",
+                             f"{w1h} exceeds the cache writes {written}")
+    return CanonicalUsage(
+        input_tokens=_cached_inside("prompt_tokens", prompt, "cache reads + cache writes", read + written),
+        output_tokens=completion,
+        cache_read_tokens=read,
+        cache_write_tokens=written - w1h,
+        cache_write_1h_tokens=w1h,
     )
 
 

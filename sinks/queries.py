@@ -15,12 +15,10 @@ from typing import Any
 
 from schemas.calendar import Calendar, Window, window
 from schemas.clock import system_ms
-from schemas.contract import Limits
 from schemas.money import format_usd
 from schemas.pricing import PriceCatalog
 from sinks.sqlfiles import sql_text
 from sinks.store import Store
-from streams.rules import PERIODS, period_limits
 from streams.rules_config import RulesConfig
 
 Row = dict[str, Any]
@@ -107,40 +105,23 @@ def usage(store: Store, period: str = "day", by: str = "model", limit: int = 20,
 
 # budgets ----------------------------------------------------------------------------------
 def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -> list[Row]:
-    """Budget vs actual, one row per budget and window: today (rules time zone) for every daily
-    budget in the rules file, plus the default agent budget for each agent seen today; then this
-    calendar week and this calendar month for every weekly and monthly budget (each row's
-    `window` says which). A period no budget has costs no query."""
-    calendar = Calendar(rules.tz())
-    out: list[Row] = []
-    for period in PERIODS:
-        out += _period_status(store, rules, period, now_ms, calendar)
-    return out
-
-
-def _period_status(store: Store, rules: RulesConfig, period: str, now_ms: int | None,
-                   calendar: Calendar) -> list[Row]:
-    budgets = rules.budgets
-    scoped = [budgets.global_, budgets.default_agent, *budgets.agents.values(), *budgets.users.values(),
-              *budgets.teams.values()]
-    if not any(period_limits(limits, period) != Limits() for limits in scoped):
-        return []
-    w = query_window(period, now_ms, calendar)
+    """Budget vs actual today (rules time zone) for every budget in the rules file, plus the
+    default agent budget for each agent seen today."""
+    w = query_window("day", now_ms, Calendar(rules.tz()))
     actual: dict[str, dict[str, Row]] = {"agent": {}, "user": {}, "team": {}, "global": {}}
     for r in run_named(store, "budget_status", bounds(w)):
         actual[r["scope"]][r["key"]] = r
     total = actual["global"].get("", {})
     out: list[Row] = []
 
-    def add(scope: str, subject: str, own: Limits, row: Mapping[str, Any]) -> None:
-        limits = period_limits(own, period)
+    def add(scope: str, subject: str, limits: Any, row: Mapping[str, Any]) -> None:
         if limits.daily_tokens is None and limits.daily_nano_usd is None:
             return
         tokens, nano = int(row.get("tokens", 0)), int(row.get("nano_usd", 0))
         used = [tokens / limits.daily_tokens if limits.daily_tokens else 0.0,
                 nano / limits.daily_nano_usd if limits.daily_nano_usd else 0.0]
         out.append({
-            "scope": scope, "subject": subject, "window": period,
+            "scope": scope, "subject": subject,
             "tokens": tokens, "limit_tokens": limits.daily_tokens,
             "nano_usd": nano, "usd": format_usd(nano),
             "limit_nano_usd": limits.daily_nano_usd,
@@ -149,6 +130,7 @@ def _period_status(store: Store, rules: RulesConfig, period: str, now_ms: int | 
             "status": "over" if max(used) > 1 else ("warn" if max(used) >= 0.9 else "ok"),
         })
 
+    budgets = rules.budgets
     add("global", "", budgets.global_, total)
     for team, limits in sorted(budgets.teams.items()):
         add("team", team, limits, actual["team"].get(team, {}))

@@ -311,6 +311,10 @@ class BudgetClient:
         if scope is not None:
             scope.check()
 
+    def killed(self, task_id: str) -> ControlCommand | None:
+        """The `kill_task` that killed `task_id`, if one did (for gateways that gate calls, not blocks)."""
+        return self._killed_ids.get(task_id)
+
     async def _admit(self, task_id: str) -> None:
         """Gate a new task: killed id -> TaskKilled; paused -> wait or AgentPaused; then throttle."""
         killed = self._killed_ids.get(task_id)
