@@ -75,6 +75,13 @@ def _marker(tag: str) -> str:
     return f"/* budgetwarden-query {check_identifier('q' + tag)} */ "
 
 
+def dedup_settings(token: str) -> str:
+    """The INSERT's SETTINGS clause carrying its deduplication token ('' without one)."""
+    if not token:
+        return ""
+    return "SETTINGS insert_deduplication_token = '" + token.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class ChdbStore:
     """`Store` on chDB. Inserts hand chDB an Arrow table: `INSERT ... SELECT * FROM Python(tbl)`.
 
@@ -140,15 +147,16 @@ class ChdbStore:
         finally:
             session.close()
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str = "") -> None:
         if rows:
-            self.insert_columns(table, columns, [list(c) for c in zip(*rows)])
+            self.insert_columns(table, columns, [list(c) for c in zip(*rows)], token)
 
-    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]], token: str = "") -> None:
         if not data or not len(data[0]):
             return
         cols = ", ".join(check_identifier(c) for c in columns)
-        sql = f"INSERT INTO {self.database}.{check_identifier(table)} ({cols}) SELECT * FROM Python(bw_arrow_batch)"
+        sql = (f"INSERT INTO {self.database}.{check_identifier(table)} ({cols}) {dedup_settings(token)} "
+               "SELECT * FROM Python(bw_arrow_batch)")
         try:
             # chDB's Python() table function finds the table by this local variable's name.
             bw_arrow_batch = pa.Table.from_arrays([arrow_column(v) for v in data], names=list(columns))  # noqa: F841
@@ -156,7 +164,7 @@ class ChdbStore:
         except Exception as exc:
             raise StoreError(str(exc)) from exc
 
-    def insert_usage(self, usage: UsageColumns) -> None:
+    def insert_usage(self, usage: UsageColumns, token: str = "") -> None:
         """The writer's hot path: canonical JSON per event plus its catalog entry's rates;
         ClickHouse parses the JSON and does the money arithmetic (`sql/usage_insert.sql`), so
         the GIL-bound work per batch is a few buffer copies and Arrow takes."""
@@ -164,7 +172,8 @@ class ChdbStore:
             return
         try:
             bw_arrow_batch = usage_arrow(usage)  # noqa: F841 (found by name by Python())
-            self._session.query(sql_text("usage_insert").replace("{db}", self.database), "Null")
+            sql = sql_text("usage_insert").replace("{db}", self.database).replace("{settings}", dedup_settings(token))
+            self._session.query(sql, "Null")
         except Exception as exc:
             raise StoreError(str(exc)) from exc
 

@@ -10,15 +10,19 @@ with a `usd` 9-decimal string next to it.
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from schemas.calendar import Calendar, Window, window
 from schemas.clock import system_ms
+from schemas.contract import Limits
 from schemas.money import format_usd
 from schemas.pricing import PriceCatalog
 from sinks.sqlfiles import sql_text
 from sinks.store import Store
+from streams.rules import PERIODS, period_limits
 from streams.rules_config import RulesConfig
 
 Row = dict[str, Any]
@@ -43,8 +47,13 @@ def _column(dimension: str) -> str:
 
 def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, str] | None = None,
               dim: str | None = None) -> list[Row]:
-    """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled in."""
-    sql = sql_text(name).replace("{db}", store.database)
+    """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled
+    in, and `({usage})` (the window's usage from rollups and raw rows, `usage_source`)."""
+    sql = sql_text(name)
+    if "({usage})" in sql:
+        raw_only = dim in RAW_DIMENSIONS or any(d in RAW_DIMENSIONS for d in filters or {})
+        sql = sql.replace("({usage})", f"({usage_source(store, params, raw_only)})")
+    sql = sql.replace("{db}", store.database)
     clauses = []
     for dimension, value in (filters or {}).items():
         column = _column(dimension)
@@ -54,6 +63,64 @@ def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[
     if dim is not None:
         sql = sql.replace("{dim}", _column(dim))
     return store.query(sql, params)
+
+
+# rollups ----------------------------------------------------------------------------------
+RAW_DIMENSIONS = frozenset({"task", "session"})  # not in the rollups (as many keys as raw rows)
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+
+def rollup_watermark(store: Store) -> int:
+    """Where the rollups end (`sinks.rollups`): every hour before it is rolled up."""
+    return int(store.query(f"SELECT toInt64(max(rolled_until_ms)) AS w FROM {store.database}.rollup_state")[0]["w"])
+
+
+def split_range(start: int, end: int, mark: int, daily: bool, hourly: bool) -> tuple[list[tuple[int, int]], ...]:
+    """[start, end) as (days, hours, raw) ranges: whole UTC days and whole hours below the
+    watermark from the rollups, the rest (the open hour, edges off the hour) raw."""
+    first = -(-start // HOUR_MS) * HOUR_MS
+    last = min(end // HOUR_MS * HOUR_MS, mark)
+    if not hourly or last <= first:
+        return [], [], [(start, end)]
+    raw = [r for r in ((start, first), (last, end)) if r[0] < r[1]]
+    day_first, day_last = -(-first // DAY_MS) * DAY_MS, last // DAY_MS * DAY_MS
+    if not daily or day_last <= day_first:
+        return [], [(first, last)], raw
+    hours = [r for r in ((first, day_first), (day_last, last)) if r[0] < r[1]]
+    return [(day_first, day_last)], hours, raw
+
+
+def usage_source(store: Store, params: Mapping[str, Any], raw_only: bool = False) -> str:
+    """`sql/usage_source.sql` for the query's window [start_ms, end_ms) (split at start_ms
+    when the query compares it with [prev_start_ms, start_ms)). UTC days are used only when
+    the query groups by nothing finer than its window or its time zone is UTC, hours only when
+    the zone's offset is whole hours (a local midnight is then an hour start)."""
+    start, end = int(params["start_ms"]), int(params["end_ms"])
+    spans = [(int(params["prev_start_ms"]), start), (start, end)] if "prev_start_ms" in params else [(start, end)]
+    zone = params.get("tz")
+    daily = zone is None or zone == "UTC"
+    hourly = not raw_only and (zone is None or all(
+        (ZoneInfo(zone).utcoffset(dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)) or dt.timedelta()).total_seconds()
+        % 3600 == 0 for span in spans for ms in span))
+    mark = rollup_watermark(store) if hourly else 0
+    days: list[tuple[int, int]] = []
+    hours: list[tuple[int, int]] = []
+    raw: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        d, h, r = split_range(lo, hi, mark, daily, hourly)
+        days, hours, raw = days + d, hours + h, raw + r
+
+    def where(ranges: list[tuple[int, int]], column: str) -> str:
+        parts = [f"({column} >= toDateTime({lo // 1000}, 'UTC') AND {column} < toDateTime({hi // 1000}, 'UTC'))"
+                 if column == "bucket" else
+                 f"({column} >= fromUnixTimestamp64Milli({lo}, 'UTC') AND {column} < fromUnixTimestamp64Milli({hi}, 'UTC'))"
+                 for lo, hi in ranges]
+        return " OR ".join(parts) or "0"
+
+    text = "\n".join(line for line in sql_text("usage_source").splitlines() if not line.startswith("--"))
+    return (text.replace("{daily_ranges}", where(days, "bucket"))
+            .replace("{hourly_ranges}", where(hours, "bucket")).replace("{raw_ranges}", where(raw, "ts")))
 
 
 def query_window(period: str, now_ms: int | None, calendar: Calendar | None = None) -> Window:
@@ -105,23 +172,40 @@ def usage(store: Store, period: str = "day", by: str = "model", limit: int = 20,
 
 # budgets ----------------------------------------------------------------------------------
 def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -> list[Row]:
-    """Budget vs actual today (rules time zone) for every budget in the rules file, plus the
-    default agent budget for each agent seen today."""
-    w = query_window("day", now_ms, Calendar(rules.tz()))
+    """Budget vs actual, one row per budget and window: today (rules time zone) for every daily
+    budget in the rules file, plus the default agent budget for each agent seen today; then this
+    calendar week and this calendar month for every weekly and monthly budget (each row's
+    `window` says which). A period no budget has costs no query."""
+    calendar = Calendar(rules.tz())
+    out: list[Row] = []
+    for period in PERIODS:
+        out += _period_status(store, rules, period, now_ms, calendar)
+    return out
+
+
+def _period_status(store: Store, rules: RulesConfig, period: str, now_ms: int | None,
+                   calendar: Calendar) -> list[Row]:
+    budgets = rules.budgets
+    scoped = [budgets.global_, budgets.default_agent, *budgets.agents.values(), *budgets.users.values(),
+              *budgets.teams.values()]
+    if not any(period_limits(limits, period) != Limits() for limits in scoped):
+        return []
+    w = query_window(period, now_ms, calendar)
     actual: dict[str, dict[str, Row]] = {"agent": {}, "user": {}, "team": {}, "global": {}}
     for r in run_named(store, "budget_status", bounds(w)):
         actual[r["scope"]][r["key"]] = r
     total = actual["global"].get("", {})
     out: list[Row] = []
 
-    def add(scope: str, subject: str, limits: Any, row: Mapping[str, Any]) -> None:
+    def add(scope: str, subject: str, own: Limits, row: Mapping[str, Any]) -> None:
+        limits = period_limits(own, period)
         if limits.daily_tokens is None and limits.daily_nano_usd is None:
             return
         tokens, nano = int(row.get("tokens", 0)), int(row.get("nano_usd", 0))
         used = [tokens / limits.daily_tokens if limits.daily_tokens else 0.0,
                 nano / limits.daily_nano_usd if limits.daily_nano_usd else 0.0]
         out.append({
-            "scope": scope, "subject": subject,
+            "scope": scope, "subject": subject, "window": period,
             "tokens": tokens, "limit_tokens": limits.daily_tokens,
             "nano_usd": nano, "usd": format_usd(nano),
             "limit_nano_usd": limits.daily_nano_usd,
@@ -130,7 +214,6 @@ def budget_status(store: Store, rules: RulesConfig, now_ms: int | None = None) -
             "status": "over" if max(used) > 1 else ("warn" if max(used) >= 0.9 else "ok"),
         })
 
-    budgets = rules.budgets
     add("global", "", budgets.global_, total)
     for team, limits in sorted(budgets.teams.items()):
         add("team", team, limits, actual["team"].get(team, {}))

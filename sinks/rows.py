@@ -105,6 +105,7 @@ class UsageColumns:
         self.partitions = array("i")
         self.offsets = array("q")
         self.ingested = array("q")
+        self.ts_ms = array("q")  # event times: which closed hours a batch touches (sinks.rollups)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -118,6 +119,7 @@ class UsageColumns:
         long as the events' timestamps stay inside the span that price holds for."""
         spans, span, encode_into, raw = self._spans, self._span, _json.encode_into, self.raw
         position, ends, ids = self.price_index.append, self.raw_offsets.append, self.event_ids.append
+        times = self.ts_ms.append
         for e in events:
             key, ts = (e.model, e.provider), e.ts_ms
             price = spans.get(key)
@@ -127,6 +129,7 @@ class UsageColumns:
             encode_into(e, raw, -1)
             ends(len(raw))
             ids(e.event_id)
+            times(ts)
         n = len(events)
         self.partitions.extend(array("i", [partition]) * n)
         self.offsets.extend(array("q", offsets))
@@ -150,15 +153,6 @@ class UsageColumns:
     def entries(self) -> list[PriceEntry | None]:
         """Each row's catalog entry."""
         return [self.prices[k] for k in self.price_index]
-
-    def extend(self, other: UsageColumns) -> None:
-        base = len(self.raw)
-        self.raw += other.raw
-        self.raw_offsets.extend(array("q", [base + o for o in other.raw_offsets[1:]]))
-        moved = [self._position(p) for p in other.prices]
-        self.price_index.extend(array("i", [moved[k] for k in other.price_index]))
-        for name in _PARTS:
-            getattr(self, name).extend(getattr(other, name))
 
     def slice(self, lo: int, hi: int) -> UsageColumns:
         part = UsageColumns(self.catalog)
@@ -191,7 +185,7 @@ class UsageColumns:
         ]
 
 
-_PARTS = ("event_ids", "partitions", "offsets", "ingested")
+_PARTS = ("event_ids", "partitions", "offsets", "ingested", "ts_ms")
 
 
 def decision_row(d: Decision) -> tuple[Any, ...]:

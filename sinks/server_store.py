@@ -21,6 +21,11 @@ from streams.settings import QueryLimits
 log = structlog.get_logger(__name__)
 
 
+def _dedup(token: str) -> dict[str, str] | None:
+    """The insert's deduplication token as a setting (a repeat with it is applied once)."""
+    return {"insert_deduplication_token": token} if token else None
+
+
 class ServerStore:
     """`read` and `cancel` use a second client: a client's session runs one query at a time
     ("session is locked"), so reads go through one without a session (each HTTP request stands
@@ -74,7 +79,7 @@ class ServerStore:
             raise StoreError(str(exc)) from exc
         return list(result.named_results())
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str = "") -> None:
         if not rows:
             return
         try:
@@ -83,11 +88,12 @@ class ServerStore:
                 rows,
                 column_names=list(columns),
                 database=self.database,
+                settings=_dedup(token),
             )
         except ClickHouseError as exc:
             raise StoreError(str(exc)) from exc
 
-    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]], token: str = "") -> None:
         if not data or not len(data[0]):
             return
         try:
@@ -97,12 +103,13 @@ class ServerStore:
                 column_names=list(columns),
                 database=self.database,
                 column_oriented=True,
+                settings=_dedup(token),
             )
         except ClickHouseError as exc:
             raise StoreError(str(exc)) from exc
 
-    def insert_usage(self, usage: UsageColumns) -> None:
-        self.insert_columns("usage_events", USAGE_COLUMNS, usage.columns())
+    def insert_usage(self, usage: UsageColumns, token: str = "") -> None:
+        self.insert_columns("usage_events", USAGE_COLUMNS, usage.columns(), token)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -77,7 +77,8 @@ class SinkService:
         self.runner = StoreRunner(store)
         await self.runner.run(apply_schema, store, self.settings.ttl_days, self.settings.rollup_ttl_days)
         kwargs: dict[str, Any] = {"topics": self._topics, "config": self._writer_config,
-                                  "consumer_options": self.settings.kafka.client_options()}
+                                  "consumer_options": self.settings.kafka.client_options(),
+                                  "raw_ttl_days": self.settings.ttl_days}
         if self._group_id:
             kwargs["group_id"] = self._group_id
         self.writer = SinkWriter(self.runner, self.settings.bootstrap, **kwargs)

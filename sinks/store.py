@@ -59,13 +59,14 @@ class Store(Protocol):
     def query(self, sql: str, params: dict[str, Any] | None = None, readonly: bool = False) -> list[dict[str, Any]]:
         """Rows as dicts; `{name:Type}` placeholders bound from `params` server-side."""
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """One INSERT of many rows (`table` is unqualified; the store's database is used)."""
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str = "") -> None:
+        """One INSERT of many rows (`table` is unqualified; the store's database is used); a
+        non-empty `token` is its insert_deduplication_token (a repeat with it is applied once)."""
 
-    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]], token: str = "") -> None:
         """The same INSERT with the data as one sequence per column."""
 
-    def insert_usage(self, usage: UsageColumns) -> None:
+    def insert_usage(self, usage: UsageColumns, token: str = "") -> None:
         """One INSERT of the writer's usage events (each backend's fastest shape)."""
 
     def read(self, sql: str, params: dict[str, Any] | None, tag: str) -> list[dict[str, Any]]:
@@ -81,10 +82,14 @@ class Store(Protocol):
 def ddl_statements(database: str, ttl_days: int | None = None, rollup_ttl_days: int | None = None) -> list[str]:
     """The schema as individual statements, database and TTL filled in."""
     text = sql_text("schema")
-    ttl = f"TTL toDateTime(ts) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
+    # raw events: N days after the later of their time and their arrival (an import of old
+    # events is not dropped on arrival); rollups and the decision audit trail: their own, longer
+    ttl = f"TTL toDateTime(intDiv(greatest(ts_ms, ingested_ms), 1000)) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
     rollup_ttl = f"TTL bucket + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    text = text.replace("{db}", database).replace("{ttl}", ttl).replace("{rollup_ttl}", rollup_ttl)
+    audit_ttl = f"TTL toDateTime(ts) + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
+    text = (text.replace("{db}", database).replace("{ttl}", ttl).replace("{rollup_ttl}", rollup_ttl)
+            .replace("{audit_ttl}", audit_ttl))
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
 

@@ -4,9 +4,12 @@ Its own consumer group (`budgetwarden-sink`) so it never slows the processor's. 
 buffered per table and flushed by size or age (few large inserts), or at once when a
 fetch finds nothing new and enough is buffered; while one batch is being written on the
 store thread the loop keeps fetching and decoding into the next (double buffering). Offsets are
-committed only after ClickHouse has a batch. When ClickHouse is down the writer pauses
-its partitions (the buffer stops growing), retries with capped exponential backoff and
-resumes; a row ClickHouse rejects is bisected out and goes to `dead_letters`.
+committed only after ClickHouse has a batch and the rollups are rebuilt (`sinks.rollups`).
+When ClickHouse cannot take a batch (down, out of memory, too many parts: any error that is
+not about a row, `sinks.batch.ROW_ERROR_CODES`) the writer pauses its partitions (the buffer
+stops growing), retries that same batch with capped exponential backoff and resumes; its
+inserts carry deduplication tokens, so what an earlier attempt did apply is applied once.
+Only a row ClickHouse says is bad is bisected out and goes to `dead_letters`.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from schemas.codec import BadInput, UsageDecoder, decode_control, decode_deadlet
 from schemas.pricing import PriceCatalog
 from schemas.topics import Topics
 from sinks.batch import Batch, RecentIds, StoreUnavailable, WriteResult, write_batch
+from sinks.rollups import Rollups
 from sinks.rows import UsageColumns, control_row, deadletter_row, decision_row, policy_row, rejected
 from sinks.store import StoreError, StoreRunner
 from schemas.clock import system_ms
@@ -69,6 +73,7 @@ class SinkWriter:
         catalog: PriceCatalog | None = None,
         now_ms: Callable[[], int] = system_ms,
         consumer_options: dict[str, Any] | None = None,
+        raw_ttl_days: int | None = None,
     ) -> None:
         self.runner = runner
         self.topics = topics
@@ -79,6 +84,8 @@ class SinkWriter:
         self._decoder = UsageDecoder(now_ms)
         self._recent = RecentIds(config.recent_ids)
         self._batch = self._new_batch()
+        self._failed_batch: Batch | None = None  # retried as it is (same rows, same tokens) before anything newer
+        self._rollups = Rollups(raw_ttl_days)
         self._inflight: asyncio.Task[None] | None = None
         self._retry_at_ms = 0
         self._backoff_ms = 0
@@ -116,6 +123,8 @@ class SinkWriter:
             await self._task
         try:
             await self._flush(wait=True)
+            if self._failed_batch is None:  # that was a failed batch's retry: now the current one
+                await self._flush(wait=True)
         except (StoreError, StoreUnavailable) as exc:
             log.warning("sink.stop_flush_failed", error=str(exc), rows=self._batch.size)
         await self._consumer.stop()
@@ -123,7 +132,8 @@ class SinkWriter:
     async def wait_idle(self, timeout_s: float = 30.0) -> None:
         """Until nothing is buffered or in flight (tests and the benchmark)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._batch.size or (self._inflight is not None and not self._inflight.done()):
+        while (self._batch.size or self._failed_batch is not None
+               or (self._inflight is not None and not self._inflight.done())):
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"sink still has {self._batch.size} rows buffered")
             await asyncio.sleep(0.02)
@@ -160,7 +170,7 @@ class SinkWriter:
                 handler = self._handlers[tp.topic]
                 for msg in messages:
                     handler(batch, msg)
-            batch.consumed(tp.topic, tp.partition, messages[-1].offset)
+            batch.consumed(tp.topic, tp.partition, messages[0].offset, messages[-1].offset)
         size = batch.size
         full = size >= self.config.batch_rows
         due = bool(batch.offsets) and self._now_ms() - batch.started_ms >= self.config.flush_ms
@@ -169,16 +179,20 @@ class SinkWriter:
             await self._flush(wait=False)
 
     async def _flush(self, wait: bool) -> None:
-        """Hand the current batch to the store thread; at most one batch in flight."""
+        """Hand the current batch to the store thread; at most one batch in flight; a failed
+        batch goes first, alone, until it is written."""
         if self._inflight is not None:
             await self._inflight
             self._inflight = None
         if self._retry_at_ms and not wait:
             return
-        batch = self._batch
-        if not batch.offsets:
-            return
-        self._batch = self._new_batch()
+        if self._failed_batch is not None:
+            batch, self._failed_batch = self._failed_batch, None
+        else:
+            batch = self._batch
+            if not batch.offsets:
+                return
+            self._batch = self._new_batch()
         self._inflight = asyncio.create_task(self._write(batch))
         if wait or self._stopping:
             await self._inflight
@@ -186,7 +200,7 @@ class SinkWriter:
 
     async def _write(self, batch: Batch) -> None:
         try:
-            result: WriteResult = await self.runner.run(write_batch, self.runner.store, batch, self._now_ms)
+            result: WriteResult = await self.runner.run(write_batch, self.runner.store, batch, self._now_ms, self._rollups)
         except (StoreError, StoreUnavailable) as exc:
             self._failed(batch, exc)
             return
@@ -202,11 +216,10 @@ class SinkWriter:
             log.info("sink.resumed")
 
     def _failed(self, batch: Batch, exc: Exception) -> None:
-        """Keep the rows (merged in front of anything fetched since), pause, schedule a retry."""
+        """Keep the batch as it is (what was fetched since waits behind it), pause, schedule a retry."""
         self.stats.failures += 1
         self.stats.last_error = str(exc)[:500]
-        batch.absorb(self._batch)
-        self._batch = batch
+        self._failed_batch = batch
         self._backoff_ms = min(self.config.backoff_max_ms, max(self.config.backoff_initial_ms, self._backoff_ms * 2))
         self._retry_at_ms = self._now_ms() + self._backoff_ms
         self._consumer.pause(*self._consumer.assignment())
@@ -222,7 +235,10 @@ class SinkWriter:
             log.warning("sink.commit_failed", error=str(exc))
 
     def drop_unwritten(self) -> None:
-        """Partitions were revoked and the batch could not be written: the next owner re-reads it."""
+        """Partitions were revoked and the batches could not be written: the next owner re-reads them."""
+        if self._failed_batch is not None:
+            self._recent.forget(self._failed_batch.event_ids())
+            self._failed_batch = None
         self._recent.forget(self._batch.event_ids())
         self._batch = self._new_batch()
 
@@ -291,7 +307,7 @@ class _Revoked(ConsumerRebalanceListener):
             await self.writer._flush(wait=True)
         except (StoreError, StoreUnavailable):
             pass
-        if self.writer._batch.size:
+        if self.writer._batch.size or self.writer._failed_batch is not None:
             self.writer.drop_unwritten()
             self.writer._retry_at_ms = 0
 

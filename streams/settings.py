@@ -36,8 +36,9 @@ ENV_VARS: dict[str, str] = {
     "CLICKHOUSE_URL": "a ClickHouse server (http://user:password@host:8123/db) instead of embedded chDB",
     "BUDGETWARDEN_HTTP_HOST": "address the worker's HTTP API and dashboard bind to (default 127.0.0.1)",
     "BUDGETWARDEN_HTTP_PORT": "port of the HTTP API and dashboard (default 8088)",
-    "BUDGETWARDEN_TTL_DAYS": "days raw usage events are kept in ClickHouse (default: forever)",
-    "BUDGETWARDEN_ROLLUP_TTL_DAYS": "days the hourly and daily rollups are kept (default: forever)",
+    "BUDGETWARDEN_TTL_DAYS": "days raw usage events are kept in ClickHouse after their time and arrival "
+                             "(default 90; 0: forever)",
+    "BUDGETWARDEN_ROLLUP_TTL_DAYS": "days the hourly and daily rollups and the decisions are kept (default 800; 0: forever)",
     "BUDGETWARDEN_CACHE": "where `budgetwarden kafka fetch` keeps the Kafka jars (default .cache in the checkout)",
     "KAFKA_HEAP_OPTS": "JVM heap options of the local broker (default -Xms256m -Xmx1g)",
     "BUDGETWARDEN_API_TOKEN": "bearer token every `/api/...` call needs (secret: never logged; at least 16 characters); "
@@ -79,6 +80,16 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         raise ConfigError(name, f"expected an integer, got {value!r}") from None
 
 
+RAW_TTL_DAYS = 90  # raw events: queries read them only for the open hour; rollups carry the rest
+ROLLUP_TTL_DAYS = 800  # rollups and decisions: two years of month-over-month comparisons
+
+
+def _days(env: Mapping[str, str], name: str, default: int) -> int | None:
+    """A retention in days: unset is `default`, 0 is forever (None)."""
+    value = _int(env, name)
+    return default if value is None else (value or None)
+
+
 @dataclass(frozen=True)
 class Environment:
     """The values of `ENV_VARS` (unset: None or the default)."""
@@ -91,8 +102,8 @@ class Environment:
     clickhouse_url: str | None = field(default=None, repr=False)
     http_host: str = "127.0.0.1"
     http_port: int = 8088
-    ttl_days: int | None = None
-    rollup_ttl_days: int | None = None
+    ttl_days: int | None = RAW_TTL_DAYS
+    rollup_ttl_days: int | None = ROLLUP_TTL_DAYS
     cache_dir: Path | None = None
     kafka_heap_opts: str | None = None
     parent_pid: int | None = None
@@ -122,8 +133,8 @@ class Environment:
             clickhouse_url=get("CLICKHOUSE_URL") or None,
             http_host=get("BUDGETWARDEN_HTTP_HOST") or cls.http_host,
             http_port=_int(env, "BUDGETWARDEN_HTTP_PORT") or cls.http_port,
-            ttl_days=_int(env, "BUDGETWARDEN_TTL_DAYS"),
-            rollup_ttl_days=_int(env, "BUDGETWARDEN_ROLLUP_TTL_DAYS"),
+            ttl_days=_days(env, "BUDGETWARDEN_TTL_DAYS", RAW_TTL_DAYS),
+            rollup_ttl_days=_days(env, "BUDGETWARDEN_ROLLUP_TTL_DAYS", ROLLUP_TTL_DAYS),
             cache_dir=Path(get("BUDGETWARDEN_CACHE")) if get("BUDGETWARDEN_CACHE") else None,
             kafka_heap_opts=get("KAFKA_HEAP_OPTS") or None,
             parent_pid=_int(env, PARENT_PID_VAR),

@@ -1,9 +1,9 @@
 -- Did caching pay off? Per {dim}: hit rate = cache reads / all input-side tokens;
 -- savings = reads x (input - cache_read price); premium = writes x (write - input price);
--- both computed per event at ingest in exact nano-USD.
+-- both computed per event at ingest in exact nano-USD. {usage}: sql/usage_source.sql.
 SELECT
     toString({dim}) AS key,
-    count() AS events,
+    sum(events) AS events,
     sum(input_tokens) AS input_tokens,
     sum(cache_read_tokens) AS cache_read_tokens,
     sum(cache_write_tokens) AS cache_write_tokens,
@@ -13,7 +13,7 @@ SELECT
     savings_nano - write_premium_nano AS net_nano,
     if(input_tokens + cache_read_tokens + cache_write_tokens + cache_write_1h_tokens = 0, 0,
        cache_read_tokens / (input_tokens + cache_read_tokens + cache_write_tokens + cache_write_1h_tokens)) AS hit_rate
-FROM {db}.usage_events FINAL
-WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+FROM ({usage})
+WHERE 1 {filters}
 GROUP BY key
 ORDER BY net_nano DESC, key

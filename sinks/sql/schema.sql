@@ -1,5 +1,7 @@
 -- budgetwarden ClickHouse schema. Applied idempotently at start (every statement is IF NOT EXISTS).
--- {db} is the database, {ttl} a TTL clause or nothing (BUDGETWARDEN_TTL_DAYS).
+-- {db} is the database; {ttl} the raw events' TTL clause or nothing (BUDGETWARDEN_TTL_DAYS), {rollup_ttl}
+-- and {audit_ttl} the rollups' and the decisions' (BUDGETWARDEN_ROLLUP_TTL_DAYS); sinks/store.py fills them.
+-- TTLs apply to tables created with them (an existing table: ALTER TABLE ... MODIFY TTL).
 -- Same DDL on chDB and on a ClickHouse server.
 
 CREATE DATABASE IF NOT EXISTS {db};
@@ -96,7 +98,7 @@ CREATE TABLE IF NOT EXISTS {db}.decisions
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(ts)
 ORDER BY (decision_id)
-{ttl};
+{audit_ttl};
 
 CREATE TABLE IF NOT EXISTS {db}.control_commands
 (
@@ -115,7 +117,7 @@ CREATE TABLE IF NOT EXISTS {db}.control_commands
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(ts)
 ORDER BY (agent_id, decision_id, command)
-{ttl};
+{audit_ttl};
 
 -- The audit trail of budget changes (the Kafka topic is compacted; this table keeps history).
 -- limits/params/unset_fields: the key's whole override after the change; changed_fields, the
@@ -166,53 +168,75 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
 ENGINE = ReplacingMergeTree
 ORDER BY (topic, partition, offset, event_id);
 
--- Rollups maintained by ClickHouse: one row per (dimension, key, bucket). They see rows as
--- inserted, so a duplicate that slipped past the writer's recent-id filter is counted twice
--- here until nothing; exact answers come from usage_events FINAL.
-CREATE TABLE IF NOT EXISTS {db}.usage_hourly
+-- Rollups: one row per (bucket, agent, model, user, team, provider) with the sums every
+-- usage query needs, hourly and daily (UTC buckets). Exact by construction, not by insert
+-- hygiene: sinks/rollups.py REBUILDS an hour from `usage_events FINAL` (and a day from its
+-- hours) once the hour has closed, and again whenever a late or replayed event lands in a
+-- closed hour; a rebuilt row replaces the previous version (ReplacingMergeTree on built_ms),
+-- so duplicates, replays and retried inserts can never count twice. (The materialized views
+-- they replace summed rows as inserted: a retried batch counted twice, issue 16 item 6.)
+-- Queries read rollups below `rollup_state`'s watermark and raw rows above it (the open
+-- hour). `tasks` holds the exact set of non-empty task ids (merged with uniqExactMerge).
+CREATE TABLE IF NOT EXISTS {db}.rollup_hourly
 (
     bucket DateTime('UTC'),
-    dimension LowCardinality(String),
-    key String,
+    agent_id LowCardinality(String),
+    model LowCardinality(String),
+    user_id LowCardinality(String),
+    team LowCardinality(String),
+    provider LowCardinality(String),
     events UInt64,
+    errors UInt64,
+    unpriced_events UInt64,
     input_tokens UInt64,
     output_tokens UInt64,
     cache_read_tokens UInt64,
     cache_write_tokens UInt64,
     cache_write_1h_tokens UInt64,
     tokens UInt64,
-    nano_usd Int64
+    nano_usd Int64,
+    cache_savings_nano Int64,
+    cache_write_premium_nano Int64,
+    tasks AggregateFunction(uniqExact, String),
+    built_ms Int64
 )
-ENGINE = SummingMergeTree
+ENGINE = ReplacingMergeTree(built_ms)
 PARTITION BY toYYYYMM(bucket)
-ORDER BY (dimension, bucket, key)
+ORDER BY (bucket, agent_id, model, user_id, team, provider)
 {rollup_ttl};
 
-CREATE TABLE IF NOT EXISTS {db}.usage_daily AS {db}.usage_hourly
-ENGINE = SummingMergeTree
+CREATE TABLE IF NOT EXISTS {db}.rollup_daily AS {db}.rollup_hourly
+ENGINE = ReplacingMergeTree(built_ms)
 PARTITION BY toYYYYMM(bucket)
-ORDER BY (dimension, bucket, key)
+ORDER BY (bucket, agent_id, model, user_id, team, provider)
 {rollup_ttl};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_hourly_mv TO {db}.usage_hourly AS
-SELECT toStartOfHour(ts) AS bucket, d.1 AS dimension, d.2 AS key,
-       count() AS events, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-       sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
-       sum(cache_write_1h_tokens) AS cache_write_1h_tokens, sum(tokens) AS tokens, sum(nano_usd) AS nano_usd
-FROM {db}.usage_events
-ARRAY JOIN [('agent', toString(agent_id)), ('user', toString(user_id)), ('team', toString(team)),
-            ('model', toString(model)), ('task', task_id)] AS d
-GROUP BY bucket, dimension, key;
+-- Everything strictly before rolled_until_ms (an hour start) is in rollup_hourly, and every
+-- whole UTC day before it in rollup_daily. It only grows; readers take max().
+CREATE TABLE IF NOT EXISTS {db}.rollup_state
+(
+    name LowCardinality(String),
+    rolled_until_ms Int64,
+    built_ms Int64
+)
+ENGINE = ReplacingMergeTree(built_ms)
+ORDER BY name;
 
--- Daily from hourly (a cascade: the hourly MV's output blocks feed this one), so an insert
--- aggregates its events once rather than twice; sums of sums are the same totals.
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_daily_mv TO {db}.usage_daily AS
-SELECT toStartOfDay(bucket) AS bucket, dimension, key,
-       sum(events) AS events, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-       sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
-       sum(cache_write_1h_tokens) AS cache_write_1h_tokens, sum(tokens) AS tokens, sum(nano_usd) AS nano_usd
-FROM {db}.usage_hourly
-GROUP BY bucket, dimension, key;
+-- The summing views of earlier versions double-counted retried inserts; their data is
+-- derived only, so they go (rollup_* are rebuilt from usage_events at the next start).
+DROP VIEW IF EXISTS {db}.usage_daily_mv;
+DROP VIEW IF EXISTS {db}.usage_hourly_mv;
+DROP TABLE IF EXISTS {db}.usage_daily;
+DROP TABLE IF EXISTS {db}.usage_hourly;
+
+-- Inserts carry insert_deduplication_token (the batch's Kafka offsets, sinks/batch.py): a
+-- retried or ambiguous insert of the same rows is applied once. Non-replicated MergeTree
+-- remembers tokens only with a window.
+ALTER TABLE {db}.usage_events MODIFY SETTING non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.decisions MODIFY SETTING non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.control_commands MODIFY SETTING non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.policies MODIFY SETTING non_replicated_deduplication_window = 1000;
+ALTER TABLE {db}.dead_letters MODIFY SETTING non_replicated_deduplication_window = 1000;
 
 -- Price catalogs loaded for re-pricing (one row per catalog version, model, valid_from).
 CREATE TABLE IF NOT EXISTS {db}.prices

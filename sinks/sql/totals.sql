@@ -1,8 +1,8 @@
--- Totals over [start_ms, end_ms): one row.
+-- Totals over [start_ms, end_ms): one row ({usage}: sql/usage_source.sql).
 SELECT
-    count() AS events,
+    sum(events) AS events,
     uniqExact(agent_id) AS agents,
-    uniqExactIf(task_id, task_id != '') AS tasks,
+    uniqExactMerge(tasks) AS tasks,
     sum(input_tokens) AS input_tokens,
     sum(output_tokens) AS output_tokens,
     sum(cache_read_tokens) AS cache_read_tokens,
@@ -10,6 +10,6 @@ SELECT
     sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
     sum(tokens) AS tokens,
     sum(nano_usd) AS nano_usd,
-    sum(unpriced) AS unpriced_events
-FROM {db}.usage_events FINAL
-WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
+    sum(unpriced_events) AS unpriced_events
+FROM ({usage})
+WHERE 1 {filters}

@@ -6,6 +6,7 @@
 -- `schemas.pricing.cost_nanos` and `sinks.rows.cache_effect`: Int128 sums (tokens x rate
 -- passes Int64), ONE half-up rounding per figure, and floor division like Python's `//`
 -- (intDiv truncates toward zero; a cache write premium can be negative).
+-- {settings}: the insert's deduplication token (sinks/chdb_store.py dedup_settings) or nothing.
 INSERT INTO {db}.usage_events
 (
     event_id, ts_ms, agent_id, task_id, session_id, user_id, team, step, model, provider,
@@ -14,6 +15,7 @@ INSERT INTO {db}.usage_events
     price_model, price_provider, input_rate, cache_savings_nano, cache_write_premium_nano,
     kafka_partition, kafka_offset, ingested_ms
 )
+{settings}
 SELECT
     e.event_id, e.ts_ms, e.agent_id, e.task_id, e.session_id, e.user_id, e.team, ifNull(e.step, -1),
     e.model, ifNull(e.provider, 'other'),

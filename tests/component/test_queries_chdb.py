@@ -13,6 +13,7 @@ from sinks import queries as q
 from sinks.waste import waste
 from sinks.chdb_store import ChdbStore
 from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, UsageColumns, event_money, usage_row
+from sinks.rollups import Rollups
 from sinks.store import apply_schema
 from streams.rules_config import parse_rules
 
@@ -169,13 +170,19 @@ def test_burn_and_forecast(store: ChdbStore) -> None:
     assert b["month_forecast_nano_usd"] == TODAY_NANO * 62  # 12 h of a 31-day month
 
 
-def test_rollups_maintained_by_clickhouse(store: ChdbStore) -> None:
-    rows = store.query(
-        f"SELECT key, sum(nano_usd) AS n FROM {store.database}.usage_daily WHERE dimension = 'agent' GROUP BY key ORDER BY key")
+def test_rollups_are_exact_and_queries_read_them(store: ChdbStore) -> None:
+    before = (q.totals(store, "week", now_ms=NOW), q.top(store, "agent", "month", now_ms=NOW), q.burn(store, now_ms=NOW))
+    Rollups().after_write(store, [], NOW)  # what the writer does after a batch: roll up to the open hour
+    assert q.rollup_watermark(store) == NOW  # 12:00 is the open hour's start
+    rows = store.query(f"SELECT toString(agent_id) AS key, sum(nano_usd) AS n FROM {store.database}.rollup_hourly FINAL "
+                       "GROUP BY key ORDER BY key")
     by = {r["key"]: int(r["n"]) for r in rows}
-    # the replayed e1/e2 went through the MV twice (documented: rollups are approximate under replays)
-    assert by["a2"] == 2_700_000
-    assert by["a1"] == 150_000_000 + 54_000_000 + 46_500_000
+    assert by["a2"] == 2_700_000  # the replayed e1/e2 count once (the summing views counted them twice)
+    assert by["a1"] == 150_000_000 + 54_000_000
+    daily = store.query(f"SELECT sum(nano_usd) AS n FROM {store.database}.rollup_daily FINAL")
+    assert int(daily[0]["n"]) == 150_000_000  # only yesterday is a closed day
+    after = (q.totals(store, "week", now_ms=NOW), q.top(store, "agent", "month", now_ms=NOW), q.burn(store, now_ms=NOW))
+    assert after == before
 
 
 def test_read_only_session_refuses_writes(store: ChdbStore) -> None:

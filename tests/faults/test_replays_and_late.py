@@ -46,8 +46,8 @@ async def test_duplicates_replays_out_of_order_and_late_events_count_once_in_the
 
     late = Truth.of(yesterday)
     daily = await worker.sql(
-        "SELECT key, toInt64(sum(tokens)) AS tokens, toInt64(sum(nano_usd)) AS nano, toInt64(sum(events)) AS n "
-        f"FROM budgetwarden.usage_daily WHERE dimension = 'agent' AND toUnixTimestamp(bucket) * 1000 = {today - DAY_MS} "
+        "SELECT toString(agent_id) AS key, toInt64(sum(tokens)) AS tokens, toInt64(sum(nano_usd)) AS nano, "
+        f"toInt64(sum(events)) AS n FROM budgetwarden.rollup_daily FINAL WHERE toUnixTimestamp(bucket) * 1000 = {today - DAY_MS} "
         "GROUP BY key")
     assert {r["key"]: (r["tokens"], r["nano"]) for r in daily} == late.totals()  # in yesterday's bucket
     assert sum(r["n"] for r in daily) == 30
