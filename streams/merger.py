@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -23,7 +24,7 @@ from streams.commands import commands_for
 from streams.rules import PERIODS, Emitter, dim_decisions, dim_spike
 from streams.rules_config import RulesConfig
 from streams.state import AgentInfo, DimState, Rollup, decode_info, encode_state
-from streams.status import percent
+from streams.status import percent, period_status
 from streams.windows import merged
 
 SUBJECT_PREFIX = b"m|"
@@ -152,14 +153,18 @@ class Merger:
         return [self.agents.get(n) or AgentInfo(agent_id=n, criticality="normal", team="", last_ts=at_ms) for n in names]
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Today's totals per subject (see streams.status for the shape)."""
+        """Today's totals per subject, and this week's and month's where they have a limit (see
+        streams.status for the shape)."""
         result: dict[str, dict[str, Any]] = {}
+        now = self.now_ms()
         for (dim, name), subject in sorted(self.subjects.items()):
-            _, _, tokens, nano = merged([p.counter for p in subject.parts.values()], "day")
+            counters = [p.counter for p in subject.parts.values()]
+            _, _, tokens, nano = merged(counters, "day")
             limits = self.limits(dim, name) or Limits()
             result["global" if dim == "global" else f"{dim}:{name}"] = {
                 "tokens_today": tokens, "nano_usd_today": nano, "daily_tokens": limits.daily_tokens,
                 "daily_nano_usd": limits.daily_nano_usd, "percent": percent(tokens, nano, limits),
+                "periods": period_status(partial(merged, counters), limits, now),
             }
         return result
 

@@ -130,30 +130,45 @@ function barRow({ name, kind, percent, tags, detail, attrs }) {
   </div>`;
 }
 
+// This week's and month's use of a subject with weekly or monthly limits (live.*.periods): one row each.
+function periodRows(periods, name, kind, attrs) {
+  return Object.entries(periods || {}).map(([period, p]) => {
+    const limits = [p.limit_tokens ? `${tokens(p.tokens)} / ${tokens(p.limit_tokens)} tok` : "",
+                    p.limit_nano_usd ? `${usd(fromNano(p.nano_usd))} / ${usd(fromNano(p.limit_nano_usd))}` : ""].filter(Boolean);
+    return barRow({ name, kind: kind ? `${kind} · ${period}` : period, percent: p.percent, tags: "",
+                    detail: `${limits.join(" · ")} this ${period}`, attrs: `${attrs} data-window="${period}"` });
+  });
+}
+
+function worst(s) {
+  return Math.max(s.percent ?? -1, ...Object.values(s.periods || {}).map((p) => p.percent ?? -1));
+}
+
 function renderBudgets(live) {
   const agents = Object.entries(live.agents || {});
-  agents.sort((a, b) => (b[1].percent ?? -1) - (a[1].percent ?? -1) || a[0].localeCompare(b[0]));
-  const rows = agents.map(([id, a]) => {
+  agents.sort((a, b) => worst(b[1]) - worst(a[1]) || a[0].localeCompare(b[0]));
+  const rows = agents.flatMap(([id, a]) => {
     const killed = (a.killed_tasks || []).length;
     let tags = "";
     if (a.criticality === "critical") tags += `<span class="tag critical">critical</span>`;
     if (a.paused) tags += `<span class="tag paused">paused</span>`;
     if (killed) tags += `<span class="tag killed">${killed} task${killed > 1 ? "s" : ""} killed</span>`;
     const limit = a.daily_tokens ? ` / ${tokens(a.daily_tokens)}` : a.daily_nano_usd ? ` / ${usd(fromNano(a.daily_nano_usd))}` : "";
-    return barRow({
+    return [barRow({
       name: id, kind: "", percent: a.percent, tags,
       detail: `${tokens(a.tokens_today)}${a.daily_tokens ? limit : ""} tok · ${usd(fromNano(a.nano_usd_today))}${a.daily_nano_usd && !a.daily_tokens ? limit : ""}`,
       attrs: `data-agent="${esc(id)}" data-paused="${a.paused ? 1 : 0}" data-killed="${killed}" data-critical="${a.criticality === "critical" ? 1 : 0}"`,
-    });
+    }), ...periodRows(a.periods, id, "", `data-agent-period="${esc(id)}"`)];
   });
   setHTML("budgets", rows.join("") || `<p class="empty">No agent has reported usage today yet.</p>`);
 
-  const dims = Object.entries(live.dimensions || {}).filter(([, d]) => d.percent != null);
-  dims.sort((a, b) => (a[0] === "global" ? -1 : b[0] === "global" ? 1 : (b[1].percent ?? 0) - (a[1].percent ?? 0)));
-  setHTML("scopes", dims.map(([key, d]) => {
+  const dims = Object.entries(live.dimensions || {}).filter(([, d]) => d.percent != null || Object.keys(d.periods || {}).length);
+  dims.sort((a, b) => (a[0] === "global" ? -1 : b[0] === "global" ? 1 : worst(b[1]) - worst(a[1])));
+  setHTML("scopes", dims.flatMap(([key, d]) => {
     const [scope, subject] = key.includes(":") ? [key.slice(0, key.indexOf(":")), key.slice(key.indexOf(":") + 1)] : [key, "all agents"];
     const limit = d.daily_nano_usd ? `${usd(fromNano(d.nano_usd_today))} / ${usd(fromNano(d.daily_nano_usd))}` : `${tokens(d.tokens_today)} / ${tokens(d.daily_tokens)} tok`;
-    return barRow({ name: subject, kind: scope, percent: d.percent, tags: "", detail: limit, attrs: `data-scope="${esc(key)}"` });
+    const today = d.percent == null ? [] : [barRow({ name: subject, kind: scope, percent: d.percent, tags: "", detail: limit, attrs: `data-scope="${esc(key)}"` })];
+    return [...today, ...periodRows(d.periods, subject, scope, `data-scope-period="${esc(key)}"`)];
   }).join("") || `<p class="empty">No user, team or global budget is set.</p>`);
 }
 
