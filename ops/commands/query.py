@@ -140,8 +140,10 @@ def register(app: typer.Typer) -> None:
         bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")] = "",
         topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
-        """Budget vs actual today, for every budget in force: the rules file with the published
-        policies (budget.policies) applied; the rules file alone when the broker is unreachable."""
+        """Budget vs actual, for every budget in force: today for daily budgets, this calendar week
+        and month (rules time zone) for weekly and monthly ones. The limits are the rules file with
+        the published policies (budget.policies) applied; the rules file alone when the broker is
+        unreachable."""
         from ops.commands.worker import limits_in_force, store_or_api
         from sinks.queries import budget_status
 
@@ -150,14 +152,18 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _print_json(rows)
             return
-        table = Table(title=f"budget vs actual, {period_label('day', _now_ms(), config.tz())}")
+        now, windows = _now_ms(), list(dict.fromkeys(r["window"] for r in rows)) or ["day"]
+        table = Table(title="budget vs actual, " + "; ".join(period_label(w, now, config.tz()) for w in windows))
         table.add_column("scope", overflow="fold")
         key_column(table, "subject")
+        if windows != ["day"]:  # weekly or monthly budgets: each row says its window
+            table.add_column("window", no_wrap=True)
         for col in ("tokens", "limit tokens", "USD", "limit USD", "used, status"):
             num_column(table, col)
         for r in rows:
             style = {"over": "red", "warn": "yellow"}.get(r["status"], "green")
-            table.add_row(r["scope"], escape(r["subject"] or "-"), tokens(r["tokens"]), tokens(r["limit_tokens"]),
+            window = [] if windows == ["day"] else [r["window"]]
+            table.add_row(r["scope"], escape(r["subject"] or "-"), *window, tokens(r["tokens"]), tokens(r["limit_tokens"]),
                           usd(r["nano_usd"]), usd(r["limit_nano_usd"]),
                           f"[{style}]{r['used']:.0%} {r['status']}[/{style}]")
         console().print(table)
