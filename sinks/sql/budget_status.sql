@@ -1,6 +1,6 @@
 -- Budget vs actual in one pass: tokens and cost per agent, user and team, and the global
 -- total, over [start_ms, end_ms) (a calendar period in the rules' time zone). `scope` is agent | user |
--- team | global, `key` the subject ('' for global). {usage}: sql/usage_source.sql.
+-- team | global, `key` the subject ('' for global). the usage source (sql/usage_source.sql).
 SELECT
     d.1 AS scope,
     d.2 AS key,

@@ -1,5 +1,5 @@
 -- Spend per local day (time zone {tz}) since start_ms (burn rate and forecasts are computed
--- from these). {usage}: sql/usage_source.sql (its rows never straddle a local midnight).
+-- from these). the usage source (sql/usage_source.sql) (its rows never straddle a local midnight).
 SELECT
     toUnixTimestamp(toStartOfDay(bucket, {tz:String})) * 1000 AS day_ms,
     sum(events) AS events,

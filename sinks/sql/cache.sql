@@ -1,6 +1,6 @@
 -- Did caching pay off? Per {dim}: hit rate = cache reads / all input-side tokens;
 -- savings = reads x (input - cache_read price); premium = writes x (write - input price);
--- both computed per event at ingest in exact nano-USD. {usage}: sql/usage_source.sql.
+-- both computed per event at ingest in exact nano-USD. the usage source (sql/usage_source.sql).
 SELECT
     toString({dim}) AS key,
     sum(events) AS events,

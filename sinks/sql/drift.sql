@@ -1,5 +1,5 @@
 -- Model mix: each model's cost and tokens in the current window and the one before it.
--- {usage}: sql/usage_source.sql over both windows, split at start_ms (no row straddles it).
+-- the usage source (sql/usage_source.sql) over both windows, split at start_ms (no row straddles it).
 SELECT
     toString(model) AS key,
     sumIf(nano_usd, bucket >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')) AS cur_nano,

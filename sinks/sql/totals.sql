@@ -1,4 +1,4 @@
--- Totals over [start_ms, end_ms): one row ({usage}: sql/usage_source.sql).
+-- Totals over [start_ms, end_ms): one row (the usage source (sql/usage_source.sql)).
 SELECT
     sum(events) AS events,
     uniqExact(agent_id) AS agents,

@@ -1,6 +1,6 @@
 -- Usage and cost by one dimension over [start_ms, end_ms), most expensive first.
 -- {dim} is agent_id | user_id | team | model | provider | task_id | session_id; {filters} adds
--- `AND <column> = {f_<column>:String}` per filter. {usage} is the window's usage as exact
+-- `AND <column> = {f_<column>:String}` per filter. The usage source is the window's usage as exact
 -- partial sums (sql/usage_source.sql: rollups for closed hours and days, raw rows for the
 -- open hour; raw only when grouping or filtering by task or session).
 SELECT

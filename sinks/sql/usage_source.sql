@@ -1,4 +1,4 @@
--- The usage of some time ranges as exact partial sums, for the queries that read `{usage}`
+-- The usage of some time ranges as exact partial sums, for the queries that select FROM it
 -- (sinks/queries.py fills it in): whole UTC days from rollup_daily, whole hours from
 -- rollup_hourly, and the rest (the open hour, window edges off the hour) from the raw rows,
 -- grouped here into the same columns. Every range comes from sinks/queries.py usage_source:
