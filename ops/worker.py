@@ -27,8 +27,10 @@ import structlog
 from mode import Service
 
 from schemas.topics import Topics
+from streams.admission_service import AdmissionService
 from streams.app import Processor
 from streams.kafka import ensure_topics
+from streams.rules_config import load_rules
 from streams.settings import PARENT_PID_VAR, WorkerSettings
 from streams.state_keeper import StateKeeper
 
@@ -86,6 +88,22 @@ class StateKeeperHost(Service):
 
     async def on_stop(self) -> None:
         await self.keeper.stop()
+
+
+class AdmissionHost(Service):
+    """`streams.admission_service.AdmissionService` beside the processor: grants the allowances
+    of clients built with `admission=True`."""
+
+    def __init__(self, settings: WorkerSettings, topic_prefix: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = AdmissionService(settings.bootstrap, load_rules(settings.rules_path), Topics(topic_prefix),
+                                        settings.kafka, group_id=f"{settings.app_id}-admission")
+
+    async def on_start(self) -> None:
+        await self.service.start()
+
+    async def on_stop(self) -> None:
+        await self.service.stop()
 
 
 class SinkProcess(Service):
@@ -169,7 +187,7 @@ def run(settings: WorkerSettings, topic_prefix: str = "", parent_pid: int | None
         return
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     processor = Processor(settings, topic_prefix=topic_prefix, status_file=processor_status_file(settings))
-    services: list[Service] = [StateKeeperHost(settings, topic_prefix)]
+    services: list[Service] = [StateKeeperHost(settings, topic_prefix), AdmissionHost(settings, topic_prefix)]
     if settings.role == "all":
         services.append(SinkProcess(settings, topic_prefix))
     faust.Worker(processor.app, *services, **options).execute_from_commandline()

@@ -209,9 +209,9 @@ class AdmissionRequest(Struct, tag="admission_request", tag_field="type", kw_onl
 
 class AdmissionGrant(Struct, tag="admission_grant", tag_field="type", kw_only=True, omit_defaults=True):
     """The answer on `admission.grants` (key `agent_id`): `granted` tokens, the holder's whole
-    lease valid `lease_ms` from its request. `final`: nothing granted because budget
-    `scope`/`subject` (`period`) has nothing left to grant; `remaining` is that budget's
-    limit minus its spend (-1: no admitted budget applies)."""
+    lease valid `lease_ms` from its request (`request_ts_ms`, on the client's clock). `final`:
+    nothing granted because budget `scope`/`subject` (`period`) has nothing left to grant;
+    `remaining` is that budget's limit minus its spend (-1: no admitted budget applies)."""
 
     holder: Name
     agent_id: Name
@@ -223,6 +223,7 @@ class AdmissionGrant(Struct, tag="admission_grant", tag_field="type", kw_only=Tr
     subject: OptName = ""
     period: OptName = ""
     remaining: Annotated[int, Meta(ge=-1)] = -1
+    request_ts_ms: int = 0  # the request's ts_ms, echoed: the client counts the lease from it
     v: Version = SCHEMA_VERSION
 
 

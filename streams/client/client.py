@@ -15,6 +15,20 @@ Pause / throttle / downgrade: see `state.py`. `task()` entry waits while paused
 (`pause_mode="wait"`, until `resume_agent` or the pause's `expires_ms`) or raises
 `AgentPaused` (`pause_mode="raise"`), then applies the throttle delay; `before_call()`
 applies the throttle delay before any single model call. `record*` never waits.
+
+Admission (`admission=True`, opt-in): `before_call()` also reserves the call's estimate from
+the client's allowance (`allowance.Wallet`, granted by the worker's granting service,
+`streams.admission`) and the call's recorded usage settles it. Asks for more go out in the
+background when the allowance runs low; the call path never waits on the network, except by
+this rule: when the allowance cannot cover the estimate and the service has not said the
+budget is exhausted, the call waits for the pending answer up to `admission_wait_s`; if none
+comes in that time it proceeds unadmitted (`stats["unadmitted"]`), and later calls proceed
+without waiting until the service answers again. With a final answer it raises
+`BudgetExceeded` naming the budget.
+
+Control loss (`on_control_loss`): when the state and control feed has not been heard for
+`control_loss_after_s`, `"pause"` makes the agent paused until it is heard again,
+`"continue"` (default) only logs it. `health()` says which state the client is in.
 """
 from __future__ import annotations
 
@@ -23,7 +37,7 @@ import contextvars
 import inspect
 import itertools
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -32,20 +46,22 @@ import msgspec
 import structlog
 
 from schemas.clock import Clock, system_ms
-from schemas.codec import decode_agent_state
-from schemas.contract import FLEET_KEY, ControlCommand, TaskEnd, UsageEvent, team_key
+from schemas.codec import decode_admission_grant, decode_agent_state, encode
+from schemas.contract import (FLEET_KEY, MAX_TOKENS, AdmissionGrant, AdmissionRequest, ControlCommand, TaskEnd,
+                              UsageEvent, team_key)
 from schemas.errors import BadInput
 from schemas.topics import Topics
 from schemas.normalize import CanonicalUsage, normalize
 from schemas.pricing import PriceCatalog
 from streams.client.control import (DEFAULT_GRACE_MS, DEFAULT_MAX_AGE_MS, DEFAULT_MAX_SKEW_MS, DEFAULT_TTL_MS,
                                     ControlGate, ControlSubscriber)
-from streams.client.errors import AgentPaused, TaskKilled
+from streams.client.allowance import DEFAULT_ESTIMATE, Wallet
+from streams.client.errors import AgentPaused, BudgetExceeded, TaskKilled
 from streams.client.fingerprint import fingerprint
 from streams.client.optimizer import TokenEstimator
 from streams.client.publisher import KafkaSender, Publisher, Sender
 from streams.client.spill import DEFAULT_MAX_BYTES, SpillQueue
-from streams.client.state import AgentState
+from streams.client.state import AgentState, FeedHealth
 from streams.kafka import KafkaSecurity, read_compacted
 from streams.settings import Environment
 
@@ -74,6 +90,7 @@ class TaskScope:
         self.estimated_tokens = estimated_tokens  # the whole task's estimate
         self.task_type = task_type or ""  # stamped on its events and its task_end
         self.call_estimate: int | None = None  # the next call's, from `before_call(estimated_tokens=...)`
+        self.reserved: deque[int] = deque()  # admission: what `before_call` reserved, settled by the next records
         self.killed: ControlCommand | None = None
         self._steps = itertools.count()
         self._asyncio_task: asyncio.Task[Any] | None = None
@@ -172,12 +189,23 @@ class BudgetClient:
         kafka: KafkaSecurity | None = None,
         topics: Topics = Topics(),
         state_timeout_s: float = 10.0,
+        admission: bool = False,
+        admission_default_estimate: int = DEFAULT_ESTIMATE,
+        admission_wait_s: float = 1.0,
+        admission_sender: Sender | None = None,
+        on_control_loss: Literal["pause", "continue"] = "continue",
+        control_loss_after_s: float = 30.0,
     ) -> None:
         """Unset `control_key`, `spill_dir` and `kafka` come from the environment (`streams.settings`).
         `control_*_ms`: the `ControlGate` limits (defaults: grace 60 s, max age 15 min, max clock
-        skew 5 min, default expiry 24 h of a pause/throttle/downgrade sent without one)."""
+        skew 5 min, default expiry 24 h of a pause/throttle/downgrade sent without one).
+        `admission`: reserve each call's estimate from an allowance (module docstring); a call
+        without `before_call(estimated_tokens=...)` reserves the learned per-call estimate
+        (`Wallet.estimate`), else `admission_default_estimate`. `admission_sender` replaces
+        the Kafka producer of `admission.requests` (benchmarks)."""
         if pause_mode not in ("wait", "raise"):
             raise ValueError(f"pause_mode must be 'wait' or 'raise', got {pause_mode!r}")
+        self.feed = FeedHealth(now_ms, int(control_loss_after_s * 1000), on_control_loss)
         self.bootstrap = bootstrap
         self.agent_id = agent_id
         self.user_id = user_id
@@ -205,15 +233,27 @@ class BudgetClient:
         self._gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms,
                                  max_age_ms=control_max_age_ms, max_skew_ms=control_max_skew_ms,
                                  default_ttl_ms=control_default_ttl_ms)
+        self.wallet = Wallet(now_ms, default_estimate=admission_default_estimate) if admission else None
+        self.admission_wait_s = admission_wait_s
+        self.reserved: deque[int] = deque()  # admission: outside tasks, as `TaskScope.reserved`
+        self.admission_stats = {"admitted": 0, "refused": 0, "unadmitted": 0, "asks": 0, "grants": 0}
+        self._answered = asyncio.Event()
+        self._service_silent = False
+        self._requests: Sender | None = None
+        if admission:
+            self._requests = admission_sender or KafkaSender(bootstrap, topics.admission_requests, **options)
         self._subscriber: ControlSubscriber | None = None
         if follow_control:
+            also = {topics.admission_grants: self._grant_raw} if admission else {}
             self._subscriber = ControlSubscriber(bootstrap, self._gate, self.handle_command, partitions,
-                                                 topics.control, **options)
+                                                 topics.control, also, self.feed.alive, **options)
         self._scopes: set[TaskScope] = set()
         self._killed_ids: OrderedDict[str, ControlCommand] = OrderedDict()
         self._resumed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._id_prefix = f"{now_ms():x}{os.urandom(6).hex()}-"
+        self.holder = self._id_prefix[:-1] if admission else ""  # this instance's lease, stamped on its usage
+        self._lost_logged = False
         self._seq = itertools.count()
         self.call_estimate: int | None = None  # the next call outside a task, from `before_call(estimated_tokens=...)`
 
@@ -225,6 +265,12 @@ class BudgetClient:
         if self._subscriber is not None:
             await self._subscriber.start()  # first: what is sent while the state is read is not missed
             await self._restore_state()
+        if self._requests is not None:
+            try:
+                await asyncio.wait_for(self._requests.start(), self._state_timeout_s)
+            except Exception as err:  # noqa: BLE001 - offline: calls proceed unadmitted (module docstring)
+                log.warning("client.admission.unreachable", agent_id=self.agent_id, error=repr(err))
+            self._ask_if_due()  # the first allowance, before the first call needs it
         log.info("client.started", agent_id=self.agent_id, signed_control=self._control_key is not None,
                  control_partition=self._subscriber.partition if self._subscriber else None)
         return self
@@ -251,6 +297,7 @@ class BudgetClient:
         except Exception as err:  # noqa: BLE001 - offline: start anyway, live commands still apply
             log.warning("client.state.unreachable", agent_id=self.agent_id, error=repr(err))
             return
+        self.feed.alive()
         for key, raw in sorted(found.items()):
             for cmd in self.restorable(key, raw):
                 self.handle_command(cmd)
@@ -277,6 +324,11 @@ class BudgetClient:
         return out
 
     async def close(self) -> None:
+        if self._requests is not None and self.wallet is not None:
+            returned = self.wallet.release()
+            if returned:  # give the rest back now rather than when the lease lapses
+                await self._send(self._request(0, returned), 2.0)
+            await self._requests.stop()
         if self._subscriber is not None:
             await self._subscriber.stop()
         await self.publisher.close(self.flush_timeout_s)
@@ -323,12 +375,16 @@ class BudgetClient:
         await self._obey()
 
     async def _obey(self) -> None:
-        """Paused -> wait for the resume (or AgentPaused with pause_mode="raise"); then the throttle's delay."""
-        while (pause := self.state.paused()) is not None:
+        """Paused (or blind with on_control_loss="pause") -> wait for the resume (or AgentPaused
+        with pause_mode="raise"); then the throttle's delay."""
+        while (pause := self.state.paused()) is not None or self._blind():
             if self.pause_mode == "raise":
+                if pause is None:
+                    raise AgentPaused(self.agent_id, f"control feed lost since {self.feed.lost_since()} (on_control_loss=pause)")
                 raise AgentPaused(self.agent_id, pause.reason, pause.expires_ms)
             self._resumed.clear()
-            timeout = None if pause.expires_ms is None else max(0.0, (pause.expires_ms - self._now_ms()) / 1000)
+            timeout = 1.0 if pause is None else None if pause.expires_ms is None else max(
+                0.0, (pause.expires_ms - self._now_ms()) / 1000)
             try:
                 await asyncio.wait_for(self._resumed.wait(), timeout)
             except asyncio.TimeoutError:
@@ -348,6 +404,115 @@ class BudgetClient:
         await self._obey()
         if estimated_tokens is not None:
             (scope or self).call_estimate = estimated_tokens
+        if self.wallet is not None:
+            await self.admit_call(scope or self, estimated_tokens)
+
+    # admission ------------------------------------------------------------------------------
+    async def admit_call(self, owner: TaskScope | BudgetClient, estimated_tokens: int | None = None) -> None:
+        """Reserve one call's estimate (the module docstring's rule); `owner`'s next record settles it."""
+        wallet = self.wallet
+        assert wallet is not None
+        estimate = estimated_tokens if estimated_tokens is not None else wallet.estimate()
+        deadline: float | None = None
+        while True:
+            self._ask_if_due()
+            if wallet.reserve(estimate):
+                owner.reserved.append(estimate)
+                self.admission_stats["admitted"] += 1
+                return
+            refusal = wallet.refusal
+            if refusal is not None:
+                self.admission_stats["refused"] += 1
+                raise BudgetExceeded(refusal.scope, refusal.subject, refusal.remaining, estimate, refusal.period)
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + (0.0 if self._service_silent else self.admission_wait_s)
+            left = deadline - loop.time()
+            if left <= 0:
+                if not self._service_silent:
+                    log.warning("client.admission.silent", agent_id=self.agent_id, waited_s=self.admission_wait_s)
+                self._service_silent = True
+                self.admission_stats["unadmitted"] += 1
+                return
+            self._answered.clear()
+            try:
+                await asyncio.wait_for(self._answered.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def _request(self, asked: int, returned: int = 0) -> AdmissionRequest:
+        assert self.wallet is not None
+        return AdmissionRequest(holder=self.holder, agent_id=self.agent_id, ts_ms=self.wallet.asking(),
+                                user_id=self.user_id, team=self.team, asked=min(asked, MAX_TOKENS),
+                                returned=min(returned, MAX_TOKENS))
+
+    def _ask_if_due(self) -> None:
+        """Ask for more in the background when the wallet says so (never awaited on the call path)."""
+        assert self.wallet is not None
+        asked = self.wallet.want()
+        if asked is None:
+            return
+        self.admission_stats["asks"] += 1
+        task = asyncio.ensure_future(self._send(self._request(asked), 5.0))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send(self, request: AdmissionRequest, timeout_s: float) -> None:
+        assert self._requests is not None
+        try:
+            await asyncio.wait_for(self._requests.send(request.agent_id.encode(), encode(request)), timeout_s)
+        except Exception as err:  # noqa: BLE001 - the wallet asks again after its retry interval
+            log.debug("client.admission.ask_failed", error=repr(err))
+
+    def _grant_raw(self, raw: bytes | None) -> None:
+        """One record of the grants partition (other agents' too): book this instance's."""
+        try:
+            grant = decode_admission_grant(raw)
+        except BadInput as err:
+            log.warning("client.admission.bad_grant", field=err.field, reason=err.reason)
+            return
+        if grant.holder == self.holder:
+            self.on_grant(grant)
+
+    def on_grant(self, grant: AdmissionGrant) -> None:
+        """Book an answer of the granting service and wake calls waiting for one."""
+        if self.wallet is None:
+            return
+        self.wallet.granted(grant, grant.request_ts_ms)
+        self.admission_stats["grants"] += 1
+        self._service_silent = False
+        self._answered.set()
+
+    def _settle(self, owner: TaskScope | BudgetClient, used: int) -> None:
+        if self.wallet is not None:
+            self.wallet.settle(owner.reserved.popleft() if owner.reserved else 0, used)
+
+    # control loss ---------------------------------------------------------------------------
+    def _blind(self) -> bool:
+        """Is the feed lost? Logs the change either way; True only with on_control_loss="pause"."""
+        if self._subscriber is None:
+            return False  # follow_control=False: nothing to lose
+        lost = self.feed.lost_since() is not None
+        if lost != self._lost_logged:
+            self._lost_logged = lost
+            if lost:
+                log.warning("client.control.lost", agent_id=self.agent_id, since_ms=self.feed.last_ok_ms,
+                            on_control_loss=self.feed.on_loss)
+            else:
+                log.info("client.control.heard", agent_id=self.agent_id)
+        return lost and self.feed.on_loss == "pause"
+
+    def health(self) -> dict[str, Any]:
+        """The feed's state (`FeedHealth.report`: ok or lost since when, paused by the loss) and,
+        with admission, the allowance held and whether the service refused."""
+        self._blind()
+        out: dict[str, Any] = dict(self.feed.report()) if self._subscriber is not None else {"feed": "not followed"}
+        if self.wallet is not None:
+            refusal = self.wallet.refusal
+            out["admission"] = {**self.admission_stats, "balance": self.wallet.balance,
+                                "refused_by": f"{refusal.scope}:{refusal.subject}:{refusal.period}" if refusal else None,
+                                "service_silent": self._service_silent}
+        return out
 
     def model_for(self, model: str) -> str:
         """The model to call instead of `model` while a downgrade is in force (else `model`)."""
@@ -438,6 +603,8 @@ class BudgetClient:
         holder = scope if scope is not None else self
         if estimated_tokens is None:
             estimated_tokens, holder.call_estimate = holder.call_estimate, None
+        self._settle(holder, usage.input_tokens + usage.output_tokens + usage.cache_read_tokens
+                     + usage.cache_write_tokens + usage.cache_write_1h_tokens)
         task_id, task_estimate, task_type = "", None, ""
         if scope is not None:
             task_id, task_estimate, task_type = scope.task_id, scope.estimated_tokens, scope.task_type
@@ -471,6 +638,7 @@ class BudgetClient:
             tool_hash=tool_hash,
             result_hash=result_hash,
             simhash=str(simhash & 0xFFFF_FFFF_FFFF_FFFF) if isinstance(simhash, int) else simhash,
+            holder=self.holder,
         )
 
     def record_nowait(self, provider: str, usage: Any, model: str, scope: TaskScope | None = None,
@@ -498,6 +666,9 @@ class BudgetClient:
                 changes["task_estimated_tokens"] = scope.estimated_tokens
             if not event.task_type and scope.task_type:
                 changes["task_type"] = scope.task_type
+        if self.holder and not event.holder:
+            changes["holder"] = self.holder
+            self._settle(scope if scope is not None else self, event.total_tokens)
         return msgspec.structs.replace(event, **changes) if changes else event
 
     async def record(self, event: UsageEvent) -> UsageEvent:

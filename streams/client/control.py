@@ -135,7 +135,14 @@ class ControlGate:
 
 
 class ControlSubscriber:
-    """Reads the agent's agent.control partition and calls `on_command` for admitted commands."""
+    """Reads the agent's agent.control partition and calls `on_command` for admitted commands.
+
+    `also` maps more topics keyed by agent id (the admission grants) to a handler of their raw
+    records, read from the same partition number. `on_alive` is called after every poll that
+    reached the broker: a poll of an unreachable broker returns empty without raising, so at
+    most once per `PROBE_S` the partition's end offset is fetched to prove the feed is heard."""
+
+    PROBE_S = 1.0
 
     def __init__(
         self,
@@ -144,6 +151,8 @@ class ControlSubscriber:
         on_command: Callable[[ControlCommand], None],
         partitions: int | None = None,
         topic: str = CONTROL,
+        also: dict[str, Callable[[bytes | None], None]] | None = None,
+        on_alive: Callable[[], None] | None = None,
         **client_options: Any,
     ) -> None:
         self._bootstrap = bootstrap
@@ -151,9 +160,12 @@ class ControlSubscriber:
         self._on_command = on_command
         self._partitions = partitions
         self._topic = topic
+        self._also = also or {}
+        self._on_alive = on_alive
         self._options = client_options
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._probed = 0.0
         self.partition: int | None = None
 
     async def start(self, timeout_s: float = 10.0) -> None:
@@ -192,10 +204,11 @@ class ControlSubscriber:
                     raise ConnectionError(f"topic {self._topic} has no partitions (does it exist?)")
                 partitions = len(found)
             self.partition = control_partition(self._gate.agent_id, partitions)
-            tp = TopicPartition(self._topic, self.partition)
-            consumer.assign([tp])
-            await consumer.seek_to_end(tp)
-            await consumer.position(tp)  # resolve the end offset now, not at the first fetch
+            tps = [TopicPartition(topic, self.partition) for topic in (self._topic, *self._also)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)  # resolve the end offset now, not at the first fetch
         except BaseException:
             await consumer.stop()
             raise
@@ -222,16 +235,32 @@ class ControlSubscriber:
                 continue
             try:
                 batches = await self._consumer.getmany(timeout_ms=500)
+                await self._probe(bool(batches))
             except Exception as err:  # noqa: BLE001 - aiokafka reconnects itself; log and go on
                 log.warning("client.control.fetch_failed", error=repr(err))
                 await asyncio.sleep(0.5)
                 continue
-            for records in batches.values():
+            for tp, records in batches.items():
+                handle = self._also.get(tp.topic, self.handle_raw)
                 for record in records:
                     try:
-                        self.handle_raw(record.value)
+                        handle(record.value)
                     except Exception as err:  # noqa: BLE001 - one command must never stop the kill switch
                         log.warning("client.control.refused", why="error", error=repr(err)[:300])
+
+    async def _probe(self, fetched: bool) -> None:
+        """Tell `on_alive` the broker answered: records came, or the end offset could be read."""
+        if self._on_alive is None or self.partition is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if not fetched:
+            if now - self._probed < self.PROBE_S:
+                return
+            from aiokafka import TopicPartition
+
+            self._probed = now
+            await asyncio.wait_for(self._consumer.end_offsets([TopicPartition(self._topic, self.partition)]), 5)
+        self._on_alive()
 
     def handle_raw(self, raw: bytes | None) -> None:
         """Decode, gate, log and dispatch one agent.control message (`_run` logs anything it raises

@@ -79,3 +79,37 @@ class AgentState:
         if a is None or b is None:
             return model != replacement
         return a.input + a.output > b.input + b.output
+
+
+class FeedHealth:
+    """Whether the agent still hears its state and control feed (issue 15 item 7).
+
+    `alive()` is called whenever the feed was read (the state at start, every successful
+    poll or probe of `agent.control`). After `loss_after_ms` without one the feed is lost;
+    with `on_loss="pause"` the agent then counts as paused until it hears the feed again
+    (fail closed: a processor that cannot reach the agent cannot stop it either), with
+    `"continue"` it keeps going and the client logs the loss."""
+
+    def __init__(self, now_ms: Clock = system_ms, loss_after_ms: int = 30_000, on_loss: str = "continue") -> None:
+        if on_loss not in ("pause", "continue"):
+            raise ValueError(f"on_control_loss must be 'pause' or 'continue', got {on_loss!r}")
+        self._now_ms = now_ms
+        self.loss_after_ms = loss_after_ms
+        self.on_loss = on_loss
+        self.last_ok_ms = now_ms()
+
+    def alive(self) -> None:
+        self.last_ok_ms = self._now_ms()
+
+    def lost_since(self) -> int | None:
+        """When the feed was last heard, if that is `loss_after_ms` ago or more (else None)."""
+        return self.last_ok_ms if self._now_ms() - self.last_ok_ms >= self.loss_after_ms else None
+
+    def paused_by_loss(self) -> bool:
+        return self.on_loss == "pause" and self.lost_since() is not None
+
+    def report(self) -> dict[str, object]:
+        """`{"feed": "ok" | "lost", "last_ok_ms", "lost_since_ms", "paused_by_loss", "on_control_loss"}`."""
+        lost = self.lost_since()
+        return {"feed": "ok" if lost is None else "lost", "last_ok_ms": self.last_ok_ms, "lost_since_ms": lost,
+                "paused_by_loss": self.on_loss == "pause" and lost is not None, "on_control_loss": self.on_loss}

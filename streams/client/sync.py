@@ -103,13 +103,26 @@ class SyncBudgetClient:
 
     def before_call(self, estimated_tokens: int | None = None) -> None:
         """As the async client's: TaskKilled in a killed task, waits while paused (AgentPaused
-        with pause_mode="raise"), the throttle's delay, then remembers the call's estimate."""
+        with pause_mode="raise"), the throttle's delay, with admission reserves the call's
+        estimate (BudgetExceeded), then remembers the call's estimate. One hop to the client's
+        loop thread."""
         scope = self._scope()
         if scope is not None:
             scope.check()
-        self._call(self.client._obey())
+        client = self.client
+
+        async def check() -> None:
+            await client._obey()
+            if client.wallet is not None:
+                await client.admit_call(scope or client, estimated_tokens)
+
+        self._call(check())
         if estimated_tokens is not None:
-            (scope or self.client).call_estimate = estimated_tokens
+            (scope or client).call_estimate = estimated_tokens
+
+    def health(self) -> dict[str, Any]:
+        """As the async client's `health()`."""
+        return self.client.health()
 
     def model_for(self, model: str) -> str:
         return self.client.model_for(model)

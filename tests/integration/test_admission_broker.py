@@ -1,0 +1,82 @@
+"""Admission on the real broker: clients sharing one team's daily budget through the granting
+service stop within the bound, and a refused call raises BudgetExceeded naming the team."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schemas.contract import Limits
+from schemas.topics import Topics
+from streams.admission_service import AdmissionService
+from streams.client import BudgetClient, BudgetExceeded
+from streams.kafka import KafkaSecurity, ensure_topics
+from streams.rules_config import Budgets, RulesConfig
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 60_000
+ESTIMATE = 1_000
+
+
+@pytest.fixture
+async def service(kafka_bootstrap: str) -> AsyncIterator[tuple[str, Topics, AdmissionService]]:
+    topics = Topics(f"adm{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(kafka_bootstrap, topics)
+    config = RulesConfig(budgets=Budgets(teams={"search": Limits(daily_tokens=LIMIT)}))
+    svc = AdmissionService(kafka_bootstrap, config, topics, group_id=f"{topics.prefix}admission",
+                           lease_ms=3_000, settle_grace_ms=2_000)
+    await svc.start()
+    for _ in range(400):  # it has the requests' partition and its quiet time (a lease's life) is over
+        if svc.ledger.quiet_until_ms and svc.now_ms() > svc.ledger.quiet_until_ms:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the granting service never took the requests' partition")
+    yield kafka_bootstrap, topics, svc
+    await svc.stop()
+
+
+async def _hammer(bw: BudgetClient, used: list[int]) -> BudgetExceeded:
+    """Calls until admission refuses; each call reports 600 + 300 tokens (under its estimate)."""
+    while True:
+        try:
+            await bw.before_call(estimated_tokens=ESTIMATE)
+        except BudgetExceeded as refused:
+            return refused
+        await asyncio.sleep(0.002)  # the model call
+        await bw.record_openai({"prompt_tokens": 600, "completion_tokens": 300}, model="gpt-4o")
+        used.append(900)
+
+
+async def test_two_instances_sharing_a_team_budget_stop_within_it(
+    service: tuple[str, Topics, AdmissionService], tmp_path: Path
+) -> None:
+    bootstrap, topics, svc = service
+    used: list[int] = []
+    clients = [BudgetClient(bootstrap, agent, team="search", admission=True, topics=topics, kafka=KafkaSecurity(),
+                            spill_dir=tmp_path / agent / str(n), control_key=None)
+               for n, agent in enumerate(("crawler", "crawler", "ranker"))]  # two instances of one agent
+    for bw in clients:
+        await bw.start()
+    try:
+        refusals = await asyncio.wait_for(asyncio.gather(*(_hammer(bw, used) for bw in clients)), 60)
+    finally:
+        for bw in clients:
+            await bw.close()
+    assert all((r.scope, r.subject, r.period) == ("team", "search", "day") for r in refusals)
+    assert all(r.estimate == ESTIMATE for r in refusals)
+    # every call used less than it reserved: the bound is the limit itself
+    assert sum(used) <= LIMIT
+    # and the allowances went to calls: what remained when the last client stopped was less
+    # than one call per client (held by the others when each was refused)
+    assert sum(used) > LIMIT - len(clients) * ESTIMATE - 900
+    assert all(bw.admission_stats["unadmitted"] == 0 for bw in clients)
+    for _ in range(100):  # the service saw every call's usage
+        if svc.ledger.remaining(("team", "search")) == LIMIT - sum(used):
+            break
+        await asyncio.sleep(0.05)
+    assert svc.ledger.remaining(("team", "search")) == LIMIT - sum(used)
