@@ -1,0 +1,114 @@
+"""The client's admission and control-loss rules without a broker (fake senders, fake clock)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from schemas.clock import FakeClock, system_ms
+from schemas.codec import decode_admission_request
+from schemas.contract import AdmissionGrant, AdmissionRequest
+from streams.client import AgentPaused, BudgetClient, BudgetExceeded, SyncBudgetClient
+from streams.client.state import FeedHealth
+from streams.client.testing import FakeSender
+
+
+def _grant(bw: BudgetClient, granted: int, asked: AdmissionRequest, **kw: object) -> AdmissionGrant:
+    return AdmissionGrant(holder=bw.holder, agent_id=bw.agent_id, ts_ms=system_ms(), granted=granted,
+                          lease_ms=30_000, request_ts_ms=asked.ts_ms, **kw)  # type: ignore[arg-type]
+
+
+async def test_admission_waits_then_proceeds_reserves_settles_refuses_and_returns_the_rest(tmp_path: Path) -> None:
+    asks = FakeSender()
+    bw = BudgetClient("unused:9092", "bot", team="t", follow_control=False, spill_dir=tmp_path, sender=FakeSender(),
+                      admission=True, admission_sender=asks, admission_wait_s=0.05)
+    await bw.start()
+    await asyncio.sleep(0.01)
+    first = decode_admission_request(asks.messages[0][1])  # asked at start, before any call
+    assert (first.holder, first.agent_id, first.team, first.asked) == (bw.holder, "bot", "t", 20_000)
+
+    started = time.perf_counter()  # no answer yet: wait admission_wait_s, then proceed
+    await bw.before_call(estimated_tokens=500)
+    assert time.perf_counter() - started >= 0.05 and bw.admission_stats["unadmitted"] == 1
+    started = time.perf_counter()  # the service is silent: the next call does not wait
+    await bw.before_call(estimated_tokens=500)
+    assert time.perf_counter() - started < 0.05 and bw.admission_stats["unadmitted"] == 2
+
+    bw.on_grant(_grant(bw, 5_000, first))
+    await bw.before_call(estimated_tokens=1_000)
+    assert bw.wallet is not None and bw.wallet.balance == 4_000
+    event = await bw.record_openai({"prompt_tokens": 300, "completion_tokens": 100}, model="gpt-4o")
+    assert event.holder == bw.holder and bw.wallet.balance == 4_600  # settled: 1,000 reserved, 400 used
+
+    bw.on_grant(_grant(bw, 0, first, final=True, scope="team", subject="t", period="day", remaining=120))
+    with pytest.raises(BudgetExceeded) as refused:
+        await bw.before_call(estimated_tokens=5_000)
+    err = refused.value
+    assert (err.scope, err.subject, err.period, err.remaining, err.estimate) == ("team", "t", "day", 120, 5_000)
+    await bw.before_call(estimated_tokens=1_000)  # what the balance still covers is admitted
+    await bw.close()
+    last = decode_admission_request(asks.messages[-1][1])
+    assert (last.asked, last.returned) == (0, 3_600)
+    assert bw.health()["admission"]["refused"] == 1
+
+
+def test_sync_client_raises_budget_exceeded(tmp_path: Path) -> None:
+    asks = FakeSender()
+    with SyncBudgetClient(bootstrap="unused:9092", agent_id="sync-bot", follow_control=False, spill_dir=tmp_path,
+                          sender=FakeSender(), admission=True, admission_sender=asks) as sbw:
+        for _ in range(100):
+            if asks.messages:
+                break
+            time.sleep(0.01)
+        first = decode_admission_request(asks.messages[0][1])
+        grant = _grant(sbw.client, 0, first, final=True, scope="agent", subject="sync-bot", period="month", remaining=0)
+        sbw._loop.call_soon_threadsafe(sbw.client.on_grant, grant)
+        time.sleep(0.05)
+        with pytest.raises(BudgetExceeded, match="month token budget of agent 'sync-bot'"):
+            sbw.before_call(estimated_tokens=10)
+        assert sbw.health()["admission"]["refused_by"] == "agent:sync-bot:month"
+
+
+async def test_control_loss_pauses_or_only_logs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    # follow_control on but never started: the feed is never heard (as with an unreachable broker)
+    blind = BudgetClient("unused:9092", "bot", now_ms=clock, spill_dir=tmp_path / "a", sender=FakeSender(),
+                         on_control_loss="pause", control_loss_after_s=30, pause_mode="raise")
+    carefree = BudgetClient("unused:9092", "bot", now_ms=clock, spill_dir=tmp_path / "b", sender=FakeSender(),
+                            control_loss_after_s=30)
+    start = clock.now
+    assert blind.health()["feed"] == "ok"
+    await blind.before_call()
+    clock.advance(30_000)
+    assert blind.health() == {"feed": "lost", "last_ok_ms": start, "lost_since_ms": start, "paused_by_loss": True,
+                              "on_control_loss": "pause"}
+    with pytest.raises(AgentPaused, match="control feed lost"):
+        await blind.before_call()
+    with capture_logs() as logs:
+        await carefree.before_call()  # "continue": it goes on, and says so once
+        await carefree.before_call()
+    assert [e["event"] for e in logs] == ["client.control.lost"]
+    assert carefree.health()["paused_by_loss"] is False and carefree.health()["feed"] == "lost"
+    blind.feed.alive()  # heard again
+    await blind.before_call()
+    assert blind.health()["feed"] == "ok"
+
+
+def test_feed_health_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError):
+        FeedHealth(FakeClock(), 1_000, "ignore")
+
+
+async def test_a_waiting_agent_resumes_when_the_feed_is_heard_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bw = BudgetClient("unused:9092", "bot", now_ms=clock, spill_dir=tmp_path, sender=FakeSender(),
+                      on_control_loss="pause", control_loss_after_s=1)
+    clock.advance(1_000)
+    waiting = asyncio.ensure_future(bw.before_call())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    bw.feed.alive()
+    await asyncio.wait_for(waiting, 3)
