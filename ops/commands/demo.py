@@ -12,7 +12,9 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from ops.commands.common import console, default_bootstrap, err_console, fail
+from ops.commands.common import (
+    broker_failed, console, default_bootstrap, environment, err_console, fail, quiet_kafka_client,
+)
 from ops.fleet.profiles import DEMO_FLEET
 from ops.fleet.runner import FleetRunner, FleetStats
 from schemas.money import format_usd
@@ -137,23 +139,102 @@ def register(app: typer.Typer) -> None:
         seconds: Annotated[float, typer.Option(min=1)] = 30,
         bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap (env KAFKA_BOOTSTRAP)")] = "",
         seed: int = 7,
-        json_out: Annotated[bool, typer.Option("--json")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="One JSON summary at the end, no progress line")] = False,
     ) -> None:
-        """Drive the demo fleet's agents against any running stack at about RATE calls/s."""
+        """Drive the demo fleet's agents against a running stack at RATE calls/s.
+
+        Shows a progress line while it runs, then a summary: events recorded, delivered to the
+        broker, spilled (var/spill: replayed by the next run) and refused (spill full), the
+        achieved rate (below RATE while agents are paused or throttled: it says which), kills
+        and pauses received. Exit 1 when no broker answers, or when nothing reached it."""
+        from ops.fleet.runner import probe_broker
+        from ops.logsetup import configure
+
+        configure(level="ERROR")  # the summary reports what the clients would log, line by line
+        quiet_kafka_client()
+        server = bootstrap or default_bootstrap()
+        try:
+            asyncio.run(probe_broker(server, **environment().kafka.client_options()))
+        except Exception as err:  # noqa: BLE001 - one line
+            broker_failed("reach", server, err)
         base_rate = sum(p.calls_per_second for p in DEMO_FLEET)
-        runner = FleetRunner(bootstrap or default_bootstrap(), DEMO_FLEET, seed=seed, rate_scale=rate / base_rate,
-                             spike_after_s=seconds / 3)
+        show = None if json_out else _ProgressLine(seconds, rate)
+        runner = FleetRunner(server, DEMO_FLEET, seed=seed, rate_scale=rate / base_rate,
+                             spike_after_s=seconds / 3, on_progress=show, run_tag=f"{int(time.time()):x}")
         try:
             stats = asyncio.run(runner.run(seconds))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001
             fail(f"simulate failed: {err}", 1)
-        summary = {"events_sent": stats.events_sent, "tokens": sum(stats.tokens.values()),
-                   "tasks_killed": sum(stats.tasks_killed.values()),
-                   "commands": [e.command for e in stats.enforcements], "rate": stats.events_sent / seconds}
+        if show is not None:
+            show.done()
+        summary = simulate_summary(stats, seconds, rate)
         if json_out:
             sys.stdout.write(json.dumps(summary) + "\n")
         else:
-            console.print(f"sent {summary['events_sent']:,} events ({summary['rate']:.1f}/s), "
-                          f"{summary['tokens']:,} tokens, {summary['tasks_killed']} task(s) killed", highlight=False)
+            console.print(_summary_text(summary), highlight=False, soft_wrap=True)
+        if summary["events"] and not summary["delivered"]:
+            fail(f"nothing reached the broker at {server}: {summary['spilled']:,} events spilled to "
+                 f"{environment().spill_dir}/ (sent on the next run), {summary['refused']:,} refused", 1)
+
+
+def simulate_summary(stats: FleetStats, seconds: float, requested: float) -> dict[str, Any]:
+    """What `simulate` reports: counts, the achieved rate, and which agents were held how long."""
+    commands = stats.commands()
+    return {
+        "events": stats.events_sent, "delivered": stats.delivered, "spilled": stats.spilled,
+        "refused": stats.refused, "tokens": sum(stats.tokens.values()),
+        "rate": round(stats.events_sent / seconds, 2), "requested_rate": requested, "seconds": seconds,
+        "tasks_killed": sum(stats.tasks_killed.values()), "kills": commands["kill_task"],
+        "pauses": commands["pause_agent"], "commands": dict(sorted(commands.items())),
+        "replayed": sum(stats.commands(replayed=True).values()),
+        "held_s": {a: round(s, 1) for a, s in sorted(stats.held_s.items()) if s >= 0.5},
+        "cut_short": sum(stats.cut_short.values()),
+    }
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    lines = [
+        f"events      {s['events']:,} model calls recorded; the clients delivered {s['delivered']:,} events "
+        f"(task ends and earlier spills included), spilled {s['spilled']:,}, refused {s['refused']:,}",
+        f"rate        {s['rate']:.1f}/s of {s['requested_rate']:g}/s requested over {s['seconds']:g}s",
+        f"tokens      {s['tokens']:,}",
+        f"received    {s['kills']:,} kills ({s['tasks_killed']:,} tasks stopped), {s['pauses']:,} pauses"
+        + "".join(f", {n:,} {c}" for c, n in s["commands"].items() if c not in ("kill_task", "pause_agent"))
+        + (f"; {s['replayed']:,} earlier commands read back from agent.state" if s["replayed"] else ""),
+    ]
+    if s["held_s"]:
+        lines.append("held        " + ", ".join(f"{a} {t:g}s" for a, t in s["held_s"].items())
+                     + " waiting (paused or throttled)")
+    if s["cut_short"]:
+        lines.append(f"cut short   {s['cut_short']:,} calls cancelled by a kill before they were recorded")
+    if s["held_s"] or s["cut_short"]:
+        lines.append("            (that is why the rate is below the request)")
+    return "\n".join(lines)
+
+
+class _ProgressLine:
+    """`simulate`'s progress on stdout: one line rewritten in a terminal, a line every
+    `every_s` seconds when piped."""
+
+    def __init__(self, seconds: float, rate: float, every_s: float = 5.0) -> None:
+        self.seconds, self.rate, self.every_s = seconds, rate, every_s
+        self.tty = sys.stdout.isatty()
+        self._last = -every_s
+
+    def __call__(self, stats: FleetStats) -> None:
+        elapsed = min(self.seconds, time.monotonic() - stats.started_monotonic)
+        if not self.tty and elapsed - self._last < self.every_s:
+            return
+        self._last = elapsed
+        commands = stats.commands()
+        line = (f"{elapsed:5.1f}s / {self.seconds:g}s  {stats.events_sent:,} events "
+                f"({stats.events_sent / max(elapsed, 0.1):.1f}/s of {self.rate:g}/s)  "
+                f"kills {commands['kill_task']:,}  pauses {commands['pause_agent']:,}")
+        sys.stdout.write(f"\r{line}\x1b[K" if self.tty else f"{line}\n")
+        sys.stdout.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stdout.write("\n")

@@ -42,9 +42,12 @@ def usage_object(provider: str, uncached: int, cached: int, cache_write: int, ou
             "cachedContentTokenCount": cached, "totalTokenCount": uncached + cached + output}
 
 
-def task_calls(profile: AgentProfile, rng: random.Random, task_no: int, spike: bool = False) -> Iterator[SimCall]:
-    """The calls of one task. A looping agent repeats one prompt; a spiking one sends 8x prompts."""
-    task_id = f"{profile.agent_id}-t{task_no:05d}"
+def task_calls(profile: AgentProfile, rng: random.Random, task_no: int, spike: bool = False,
+               run: str = "") -> Iterator[SimCall]:
+    """The calls of one task. A looping agent repeats one prompt; a spiking one sends 8x prompts.
+    `run` goes into the task id: a second run against the same stack must not reuse the ids its
+    kills (kept in agent.state) name."""
+    task_id = f"{profile.agent_id}-{run + '-' if run else ''}t{task_no:05d}"
     lo, hi = profile.steps_per_task
     steps = rng.randint(lo, hi)
     model = rng.choice(profile.models)
