@@ -222,6 +222,25 @@ CREATE TABLE IF NOT EXISTS {db}.rollup_state
 ENGINE = ReplacingMergeTree(built_ms)
 ORDER BY name;
 
+-- Usage per hour for Grafana's panels (ops/grafana): rollup_hourly below the watermark, raw
+-- rows (deduplicated, grouped by hour) from it on; a panel filters and groups on `bucket`.
+CREATE OR REPLACE VIEW {db}.usage_hours AS
+SELECT bucket, agent_id, model, user_id, team, provider, events, errors, unpriced_events, input_tokens,
+       output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, tokens, nano_usd,
+       cache_savings_nano, cache_write_premium_nano
+FROM {db}.rollup_hourly FINAL
+WHERE bucket < (SELECT toDateTime(intDiv(max(rolled_until_ms), 1000), 'UTC') FROM {db}.rollup_state)
+UNION ALL
+SELECT toStartOfHour(ts) AS bucket, agent_id, model, user_id, team, provider, count() AS events,
+       countIf(status = 'error') AS errors, sum(unpriced) AS unpriced_events, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
+       sum(cache_write_tokens) AS cache_write_tokens, sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
+       sum(tokens) AS tokens, sum(nano_usd) AS nano_usd, sum(cache_savings_nano) AS cache_savings_nano,
+       sum(cache_write_premium_nano) AS cache_write_premium_nano
+FROM {db}.usage_events FINAL
+WHERE ts >= (SELECT fromUnixTimestamp64Milli(max(rolled_until_ms), 'UTC') FROM {db}.rollup_state)
+GROUP BY bucket, agent_id, model, user_id, team, provider;
+
 -- The summing views of earlier versions double-counted retried inserts; their data is
 -- derived only, so they go (rollup_* are rebuilt from usage_events at the next start).
 DROP VIEW IF EXISTS {db}.usage_daily_mv;

@@ -18,6 +18,7 @@ from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
 from sinks.chdb_store import ChdbStore
 from sinks.rows import DECISION_COLUMNS, USAGE_COLUMNS, usage_row
+from sinks.rollups import Rollups
 from sinks.store import apply_schema
 from streams.settings import WorkerSettings
 
@@ -168,6 +169,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbStore]:
              ("loop-agent", "gpt-4o", "openai", "research")] * 4)
     ]
     s.insert("usage_events", USAGE_COLUMNS, [usage_row(e, catalog, 0, i, NOW) for i, e in enumerate(events)])
+    Rollups().after_write(s, [], NOW - 3_600_000)  # 10:00-11:00 rolled up, 11:00-11:50 raw: panels read both
     s.insert("decisions", DECISION_COLUMNS, [
         ("d1", NOW - 60_000, "loop_detected", "P1", "kill_task", "task", "loop-agent-t0", "loop-agent", "loop-agent-t0",
          5, 5, "tokens", "task", "Agent loop-agent may be looping", "e2", 0),
@@ -195,6 +197,14 @@ def test_macro_expansion_is_strict_and_filters_time(store: ChdbStore) -> None:
     inside = store.query(_concrete("SELECT count() AS n FROM budgetwarden.usage_events FINAL WHERE $__timeFilter(ts)"))
     everything = store.query(f"SELECT count() AS n FROM {DB}.usage_events FINAL")
     assert int(inside[0]["n"]) == int(everything[0]["n"]) == 12
+
+
+def test_usage_panels_read_rollups_and_raw_rows_and_count_each_event_once(store: ChdbStore) -> None:
+    assert int(store.query(f"SELECT count() AS n FROM {DB}.rollup_hourly")[0]["n"]) > 0
+    by_title = {p["title"]: p["targets"][0]["rawSql"] for p in _panels()}
+    raw = store.query(f"SELECT count() AS n, sum(nano_usd) / 1e9 AS usd FROM {DB}.usage_events FINAL")[0]
+    assert store.query(_concrete(by_title["Model calls"]))[0]["calls"] == int(raw["n"]) == 12
+    assert store.query(_concrete(by_title["Spend"]))[0]["usd"] == pytest.approx(raw["usd"])
 
 
 def test_decisions_panel_lists_the_kill_and_the_pause(store: ChdbStore) -> None:
