@@ -123,6 +123,36 @@ def bench_client(
           f"(command produced -> TaskKilled caught; {result['kills']} kills; target < 1000 ms)")
 
 
+@bench_app.command("admission")
+def bench_admission(
+    agents: Annotated[int, typer.Option("--agents", min=1, help="Agents sharing the budget.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=10_000, help="The shared daily budget, tokens.")] = 5_000_000,
+    feedback_ms: Annotated[int, typer.Option("--feedback-ms", min=0, help="Usage -> processor/ledger delay.")] = 200,
+    network_ms: Annotated[int, typer.Option("--network-ms", min=0, help="One way: admission request, grant, pause.")] = 5,
+    overrun_pct: Annotated[float, typer.Option("--overrun-pct", min=0, max=100, help="Calls that use more than their estimate (up to 1.5x).")] = 1.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Overshoot of one shared daily budget with admission off (react after usage) vs on, false
+    refusals, before_call p50/p99 µs. In one process: real clients, the real ledger, a simulated
+    network (delays as given); no broker."""
+    from ops.bench.admission import run
+    from ops.logsetup import configure
+
+    configure(level="WARNING")  # not 100 clients' start lines
+    result = run(agents, limit, feedback_ms=feedback_ms, network_ms=network_ms, overrun_pct=overrun_pct,
+                 progress=progress)
+    if as_json:
+        emit_json(result)
+        return
+    print(f"overshoot, admission off: {result['overshoot_pct_off']} % of the limit  "
+          f"({result['spent_off']:,} of {result['limit_tokens']:,} tokens; the pause came {feedback_ms} + {network_ms} ms late)")
+    print(f"overshoot, admission on:  {result['overshoot_pct_on']} %  (target <= 1 %; unused {result['underuse_pct_on']} %, "
+          f"estimate errors {result['estimate_error_tokens_on']:,} tokens)")
+    print(f"false refusals:           {result['false_refusal_pct']} % of calls  (target <= 1 %; "
+          f"{result['false_refusals_on']} of {result['refused_on']} refusals, {result['calls_on']:,} calls)")
+    print(f"before_call check:        p50 {result['check_p50_us']} µs   p99 {result['check_p99_us']} µs  (target p99 <= 20 µs)")
+
+
 @bench_app.command("processor")
 def bench_processor(
     as_json: JsonFlag = False,
