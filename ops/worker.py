@@ -46,10 +46,12 @@ def processor_status_file(settings: WorkerSettings) -> Path:
 class SinkHost(Service):
     """The sink in this process (role "sink"), started and stopped with the Faust worker."""
 
-    def __init__(self, settings: WorkerSettings, topic_prefix: str = "", **kwargs: Any) -> None:
+    def __init__(self, settings: WorkerSettings, topic_prefix: str = "", expect_processor: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.topic_prefix = topic_prefix
+        self.expect_processor = expect_processor  # started by a worker whose processor writes processor.json
         self.sink: Any = None
 
     async def on_start(self) -> None:
@@ -57,7 +59,7 @@ class SinkHost(Service):
 
         # the sink follows the processor's topics, in a consumer group of its own per app id
         self.sink = SinkService(self.settings, live_status=self.live_status, topics=Topics(self.topic_prefix),
-                                group_id=f"{self.settings.app_id}-sink")
+                                group_id=f"{self.settings.app_id}-sink", expect_processor=self.expect_processor)
         await self.sink.start()
         freeze_startup_heap()
 
@@ -183,7 +185,8 @@ def run(settings: WorkerSettings, topic_prefix: str = "", parent_pid: int | None
     options: dict[str, Any] = {"loglevel": logging.WARNING, "quiet": True, "redirect_stdouts": False,
                                "loop": asyncio.new_event_loop()}
     if settings.role == "sink":
-        mode.Worker(SinkHost(settings, topic_prefix), **options).execute_from_commandline()
+        sink = SinkHost(settings, topic_prefix, expect_processor=parent_pid is not None)
+        mode.Worker(sink, **options).execute_from_commandline()
         return
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     processor = Processor(settings, topic_prefix=topic_prefix, status_file=processor_status_file(settings))

@@ -8,8 +8,8 @@ A dashboard dropped into `sinks/web/` is served at `/`.
 
 Every request passes `_guard` first: a `Host` that is not one of `allowed_hosts` gets 421
 (DNS rebinding), a POST (or any other non-GET) whose `Origin` is not this origin gets 403,
-and everything but `/`, `/healthz` and the static files needs `Authorization: Bearer
-<token>` (401). No GET changes state; `POST /api/sql` takes only an `application/json` body.
+and everything but `/`, `/healthz`, `/readyz`, `/metrics` and the static files needs
+`Authorization: Bearer <token>` (401). No GET changes state; `POST /api/sql` takes only an `application/json` body.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from schemas.errors import InputError
 from sinks import dashboard_queries as dq
 from sinks import queries as q
 from sinks.ingest import add_ingest_routes
+from sinks.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SinkMetrics
 from sinks.waste import waste
 from sinks.sqlguard import RefusedSQL, check_select
 from sinks.store import QueryLimitError, Store, StoreError, StoreRunner
@@ -46,7 +47,9 @@ RULES_KEY = web.AppKey("rules", object)
 TOKEN_KEY = web.AppKey("token", bytes)
 HOSTS_KEY = web.AppKey("hosts", object)
 
-PUBLIC_PATHS = frozenset({"/", "/healthz"})  # the static page holds no data; it asks for the token
+# the static page holds no data (it asks for the token); the probes and the scrape hold no secret
+# and no agent's data: counts by rule, action, topic and reason (README, Security)
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -105,14 +108,20 @@ def make_app(
     token: str,
     hosts: Collection[str],
     producer: Sender | None = None,
+    metrics: SinkMetrics | None = None,
 ) -> web.Application:
     """`token`: what `Authorization: Bearer` must carry. `hosts`: the allowed `Host` values
     (`allowed_hosts`); pass a set and fill it once the port is known (port 0). `producer`:
     what `POST /v1/usage` and `/v1/traces` send to `usage.events` through (`sinks.ingest`;
-    started and stopped by the caller); without one they answer 503."""
+    started and stopped by the caller); without one they answer 503. `metrics`: what `/metrics`
+    and `/readyz` report (`sinks.metrics`); by default the live status alone, the runner's
+    store calls timed into it."""
     if not token:
         raise ValueError("the HTTP API needs a token")
     runner = store if isinstance(store, StoreRunner) else StoreRunner(store)
+    if metrics is None:
+        metrics = SinkMetrics(live_status or dict)
+        runner.on_call = runner.on_call or metrics.on_store_call
     app = web.Application(middlewares=[_guard, _errors])
     app[RUNNER_KEY] = runner
     app[LIVE_KEY] = live_status
@@ -173,12 +182,22 @@ def make_app(
         return json_response(status() if callable(status) else {})
 
     async def healthz(request: web.Request) -> web.Response:
+        """Liveness: the process answers. Readiness is /readyz."""
         return json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = metrics.ready()
+        return json_response(ready, status=200 if ready["ready"] else 503)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     app.router.add_get("/api/sql", sql)
     app.router.add_post("/api/sql", sql)
     app.router.add_get("/api/live", live)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
     add_ingest_routes(app, producer)
     if WEB_DIR.is_dir():
         async def index(request: web.Request) -> web.StreamResponse:
@@ -203,7 +222,7 @@ def _refuse(status: int, message: str, **headers: str) -> web.Response:
 
 
 def _public(request: web.Request) -> bool:
-    """`/`, `/healthz` and the dashboard's static files: no data, no token."""
+    """`PUBLIC_PATHS` and the dashboard's static files: no token."""
     if request.method not in SAFE_METHODS:
         return False
     if request.path in PUBLIC_PATHS:

@@ -19,6 +19,7 @@ from aiohttp import web
 from sinks.http import allowed_hosts, make_app
 from sinks.http_json import ensure_api_token, token_path
 from sinks.backend import open_store
+from sinks.metrics import SinkMetrics
 from sinks.store import Store, StoreRunner, apply_schema
 from schemas.topics import Topics
 from sinks.writer import SinkWriter, WriterConfig
@@ -56,7 +57,10 @@ class SinkService:
         topics: Topics = Topics(),
         writer_config: WriterConfig = WriterConfig(),
         group_id: str | None = None,
+        expect_processor: bool = False,
     ) -> None:
+        """`expect_processor`: a processor shares this worker (its `processor.json` feeds
+        `live_status`), so `/readyz` waits for it too."""
         self.settings = settings
         self.live_status = live_status
         self.http_url = ""
@@ -68,13 +72,15 @@ class SinkService:
         self._group_id = group_id
         self._http: web.AppRunner | None = None
         self.producer: KafkaSender | None = None  # the ingest routes' (`sinks.ingest`)
+        live = self._live if live_status is None else live_status
+        self.metrics = SinkMetrics(live, expect_processor=expect_processor)
 
     async def start(self) -> None:
         store = self._store
         if store is None:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             store = open_store(self.settings)
-        self.runner = StoreRunner(store)
+        self.runner = StoreRunner(store, on_call=self.metrics.on_store_call)
         await self.runner.run(apply_schema, store, self.settings.ttl_days, self.settings.rollup_ttl_days)
         kwargs: dict[str, Any] = {"topics": self._topics, "config": self._writer_config,
                                   "consumer_options": self.settings.kafka.client_options(),
@@ -84,14 +90,14 @@ class SinkService:
         self.writer = SinkWriter(self.runner, self.settings.bootstrap, **kwargs)
         await self.writer.start()
         rules = load_rules(self.settings.rules_path)
-        live = self._live if self.live_status is None else self.live_status
+        live = self.metrics.status
         # the token exists before the API answers: a client that finds worker.json finds the token too
         token, generated = ensure_api_token(self.settings.data_dir, self.settings.api_token)
         hosts: set[str] = set()  # filled below, once the port is known (port 0 picks one)
         self.producer = KafkaSender(self.settings.bootstrap, topic=self._topics.usage,
                                     **self.settings.kafka.client_options())
         await self.producer.start()
-        app = make_app(self.runner, live, rules, token=token, hosts=hosts, producer=self.producer)
+        app = make_app(self.runner, live, rules, token=token, hosts=hosts, producer=self.producer, metrics=self.metrics)
         # handler_cancellation: a handler whose client went away is cancelled, and with it its query
         self._http = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._http.setup()

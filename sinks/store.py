@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +136,16 @@ class ReadView:
 
 
 QUERY_THREADS = 4
+READ = "read"  # the operation name of a query in `StoreRunner`'s `on_call` hook
+OnCall = Callable[[str, float, str], None]  # (operation, seconds, outcome: ok, error, cancelled or the limit)
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, QueryLimitError):
+        return exc.limit
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
 
 
 class StoreRunner:
@@ -145,13 +156,30 @@ class StoreRunner:
     loop also runs the Faust processor, so nothing touches the store from the loop itself.
     """
 
-    def __init__(self, store: Store, query_threads: int = QUERY_THREADS) -> None:
+    def __init__(self, store: Store, query_threads: int = QUERY_THREADS, on_call: OnCall | None = None) -> None:
+        """`on_call`: told every call's duration and outcome (`sinks.metrics`); the operation is
+        the function's name for writes, READ for queries."""
         self.store = store
+        self.on_call = on_call
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._queries = ThreadPoolExecutor(max_workers=query_threads, thread_name_prefix="clickhouse-query")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._timed(getattr(fn, "__name__", "call"), future)
+
+    async def _timed(self, operation: str, future: asyncio.Future[T]) -> T:
+        if self.on_call is None:
+            return await future
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await future
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.on_call(operation, time.perf_counter() - start, _outcome(error))
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(view, *args)` on a query thread, `view` a `ReadView` of the store. When the awaiting
@@ -160,7 +188,7 @@ class StoreRunner:
         loop = asyncio.get_running_loop()
         view = ReadView(self.store)
         try:
-            return await loop.run_in_executor(self._queries, fn, view, *args)
+            return await self._timed(READ, loop.run_in_executor(self._queries, fn, view, *args))
         except asyncio.CancelledError:
             loop.run_in_executor(None, view.cancel)
             raise

@@ -12,6 +12,7 @@ partitions. Policies are re-read from the start of the compacted topic at every 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,13 +21,15 @@ import faust
 import structlog
 import msgspec
 from msgspec import to_builtins
-from faust.exceptions import ProducerSendError
+from faust.exceptions import ConsumerNotStarted, ProducerSendError
 from faust.types import EventT
 
 from schemas.clock import Clock, system_ms
 from schemas.codec import decode_policy, encode
 from schemas.contract import ControlCommand, Decision
 from schemas.errors import InputError
+from schemas.litellm_import import load_catalog
+from schemas.pricing import PriceCatalog
 from schemas.topics import Topics
 from streams.engine import Engine
 from streams.faust_overrides import (
@@ -36,12 +39,23 @@ from streams.faust_overrides import (
     write_table_records,
 )
 from streams.kafka import read_compacted
+from streams.prices import PriceBook, follow_prices
 from streams.merger import Merger
 from streams.rules_config import RulesConfig, apply_policy, load_rules
 from streams.settings import WorkerSettings
 from streams.state import decode_rollup, encode_state
 
 log = structlog.get_logger(__name__)
+
+MAX_REASONS = 64  # distinct dead-letter reasons tallied; the rest count as "other" (a metric label each)
+REASON_CHARS = 80
+
+
+def reason_label(reason: str, seen: Counter[str]) -> str:
+    """A dead letter's reason as a bounded metric label: hostile input must not grow the label set."""
+    label = reason[:REASON_CHARS]
+    return label if label in seen or len(seen) < MAX_REASONS else "other"
+
 
 class Processor:
     """One Faust app: usage → engine → decisions/control/dead letters; rollups → merger."""
@@ -63,7 +77,9 @@ class Processor:
         self.settings = settings
         self.config = config or load_rules(settings.rules_path)
         self.topics = Topics(topic_prefix)
-        self.engine = Engine(self.config, now_ms, control_key=settings.control_key)
+        # the catalog it is given (a prices.json or LiteLLM's file), then what `budget.prices` adds
+        self.prices = PriceBook(load_catalog(settings.prices_path) if settings.prices_path else PriceCatalog.default())
+        self.engine = Engine(self.config, now_ms, catalog=self.prices.catalog, control_key=settings.control_key)
         self.merger = Merger(self.config, now_ms, control_key=settings.control_key)
         self.now_ms = now_ms
         self.batch_max = batch_max
@@ -78,9 +94,14 @@ class Processor:
         self._last_flush = 0.0
         self._clean = True  # no batch is halfway through
         self.policies_ready = asyncio.Event()
+        self.prices_ready = asyncio.Event()
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
                       "batches": 0, "rollups": 0, "redelivered": 0,
                       "offset_gaps": 0}
+        # by label, for /metrics (`sinks.metrics` reads them from processor.json)
+        self.decisions_by: Counter[tuple[str, str]] = Counter()  # (rule, action)
+        self.commands_by: Counter[str] = Counter()  # command
+        self.dead_letters_by: Counter[str] = Counter()  # reason_label
         self._restored_merger = False
         self._owned: set[int] = set()  # usage partitions whose state the engine holds
         quiet_client_debug_logs()
@@ -94,7 +115,7 @@ class Processor:
             value_serializer="raw",
             processing_guarantee=settings.processing_guarantee,
             topic_partitions=settings.partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=settings.replication_factor,
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             web_enabled=web_port is not None,
@@ -116,6 +137,8 @@ class Processor:
         self.deadletter_topic = app.topic(self.topics.deadletter, **raw)
         self.rollup_topic = app.topic(self.topics.rollups, partitions=1, **raw)
         table = {"key_type": bytes, "value_type": bytes}
+        if settings.min_insync_replicas:  # the changelogs' durability, as for the topics (`ensure_topics`)
+            table["extra_topic_configs"] = {"min.insync.replicas": settings.min_insync_replicas}
         self.state_table = app.Table("processor-state", partitions=settings.partitions, **table)
         self.merger_table = app.Table("merger-state", partitions=1, **table)
         self.state_table.on_recover(self._state_recovered)
@@ -123,6 +146,7 @@ class Processor:
         app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
         app.timer(rollup_interval)(self._flush_rollups)
         app.task(self._policy_task)
+        app.task(self._prices_task)
         if status_file is not None:
             self.status_file = status_file
             app.timer(1.0)(self._write_status)
@@ -147,6 +171,7 @@ class Processor:
             # restart the backlog sat unprocessed until the next restart (the kill -9 test's flake)
             async for events in stream.noack_take(self.batch_max, within=self.batch_within):
                 await self.policies_ready.wait()
+                await self.prices_ready.wait()
                 async with self._batch_lock:
                     self._clean = False
                     await self.process_batch(events)
@@ -228,6 +253,7 @@ class Processor:
         s["dead_letters"] += len(out.dead_letters)
         usage = self.topics.usage
         for key, letter in out.dead_letters:
+            self.dead_letters_by[reason_label(letter.reason, self.dead_letters_by)] += 1
             log.warning("usage.dead_letter", reason=letter.reason, field=letter.field, partition=letter.partition,
                         offset=letter.offset)
             await self._send_soon(self.deadletter_topic, key, encode(letter), self._transaction_of(usage, letter.partition))
@@ -257,6 +283,8 @@ class Processor:
                     for d in decisions]
         self.stats["decisions"] += len(decisions)
         self.stats["commands"] += len(commands)
+        self.decisions_by.update((d.rule, d.action) for d in decisions)
+        self.commands_by.update(c.command for c in commands)
         for d in decisions:
             log.info("decision", rule=d.rule, action=d.action, scope=d.scope, subject=d.subject, observed=d.observed,
                      limit=d.limit, decision_id=d.decision_id)
@@ -369,6 +397,16 @@ class Processor:
         log.info("policy.applied", scope=policy.scope, subject=policy.subject, version=config.version,
                  policy_id=policy.policy_id, deleted=policy.deleted)
 
+    async def _prices_task(self) -> None:
+        """Read `budget.prices` from the start (compacted: every price version), then follow it; the
+        engine prices each batch with the catalog in force (a version applies from its valid_from)."""
+        await follow_prices(self.prices, self.settings.bootstrap, self.topics.prices, self._catalog_changed,
+                            security=self.settings.kafka)
+
+    def _catalog_changed(self, catalog: PriceCatalog) -> None:
+        self.engine.set_catalog(catalog)  # between batches: the loop runs one callback at a time
+        self.prices_ready.set()
+
     async def _write_status(self) -> None:
         """`processor.json` next to the state: what `live_status()` says, for the CLI and tests."""
         tmp = self.status_file.with_suffix(".tmp")
@@ -377,8 +415,28 @@ class Processor:
 
     # --- status --------------------------------------------------------------------------------
 
+    def readiness(self) -> dict[str, bool]:
+        """What `/readyz` needs of the processor: the policies read to the end and no table
+        recovery in progress (between a rebalance and its end no event is processed)."""
+        recovery = self.app.tables.recovery
+        return {"policies_ready": self.policies_ready.is_set(),
+                "tables_recovered": recovery.completed.is_set() and not recovery.in_recovery}
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, records not yet committed) per assigned partition, from Faust's
+        monitor: the end offset seen at the last fetch minus the next offset to commit."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except ConsumerNotStarted:
+            return []
+        monitor = self.app.monitor
+        ends, committed = monitor.tp_end_offsets, monitor.tp_committed_offsets
+        return [(tp.topic, tp.partition, max(0, ends[tp] - committed.get(tp, -1) - 1))
+                for tp in sorted(assigned) if tp in ends]
+
     def live_status(self) -> dict[str, Any]:
-        """Budget status for the dashboard; the shape is documented in streams.status."""
+        """Budget status for the dashboard; the shape is documented in streams.status (`ready`,
+        `lag`, `tallies`: what `/readyz` and `/metrics` read, see `sinks.metrics`)."""
         recent = sorted([*self.engine.recent, *self.merger.recent], key=lambda d: d.ts_ms)[-50:]
         return {
             "ts_ms": self.now_ms(),
@@ -388,4 +446,9 @@ class Processor:
             "dimensions": self.merger.status(),
             "recent_decisions": to_builtins(recent),
             "stats": dict(self.stats),
+            "ready": self.readiness(),
+            "lag": self.lag(),
+            "tallies": {"decisions": [[rule, action, n] for (rule, action), n in self.decisions_by.items()],
+                        "commands": [[command, n] for command, n in self.commands_by.items()],
+                        "dead_letters": [[reason, n] for reason, n in self.dead_letters_by.items()]},
         }
