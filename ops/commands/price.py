@@ -1,4 +1,4 @@
-"""`budgetwarden price` and `budgetwarden prices ...`: price one call, list or import the catalog.
+"""`budgetwarden price` and `budgetwarden prices ...`: price one call, list, import or publish the catalog.
 
 Token counts and dates are parsed here rather than by click so that every bad argument is
 reported the same way: one `error: <field>: <reason>` line on stderr and exit code 2.
@@ -18,7 +18,7 @@ from rich.table import Table
 from ops.commands.tables import console, key_column, num_column, tokens, usd, usd_exact
 
 from schemas.clock import system_ms
-from schemas.litellm_import import catalog_dict, import_litellm, write_catalog
+from schemas.litellm_import import catalog_dict, import_litellm, price_record, write_catalog
 from schemas.money import format_usd
 from schemas.normalize import PROVIDER_NAMES, CanonicalUsage, NormalizeError, normalize
 from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms, ms_to_date
@@ -60,6 +60,17 @@ def _date_ms(field: str, raw: str | None) -> int | None:
         return date_to_ms(raw)
     except ValueError:
         _fail(field, f"must be a date YYYY-MM-DD, got {raw!r}")
+
+
+def _unpriced(catalog: PriceCatalog, model: str, provider: str | None, ts_ms: int) -> NoReturn:
+    """No price for `model` at `ts_ms`: a name the catalog lacks (a typo, with its closest names)
+    or a date before its first price. Usage of such a model is counted as 0 USD, so say it."""
+    if catalog.lookup(model, provider) is not None:
+        _fail("model", f"{model!r} has no price on {ms_to_date(ts_ms)} in catalog {catalog.catalog_version} "
+                       f"(its first price is from {ms_to_date(catalog.span(model, provider, ts_ms)[1])})")
+    close = catalog.suggest(model)
+    _fail("model", f"{model!r} is not in the price catalog {catalog.catalog_version} (its calls count as 0 USD)"
+                   + (f"; did you mean {' or '.join(close)}?" if close else "; `budgetwarden prices list` shows the names"))
 
 
 def _usd_per_m(nanos_per_m: int) -> str:
@@ -146,7 +157,9 @@ def register(app: typer.Typer) -> None:
             usage.cache_write_tokens,
             usage.cache_write_1h_tokens,
         )
-        entry = catalog.lookup(model, provider, ts_ms) if priced.priced else None
+        if not priced.priced:
+            _unpriced(catalog, model, provider, ts_ms)
+        entry = catalog.lookup(model, provider, ts_ms)
         result: dict[str, Any] = {
             "model": priced.model,
             "requested_model": model,
@@ -159,14 +172,12 @@ def register(app: typer.Typer) -> None:
             "catalog_version": catalog.catalog_version,
         }
         result.update({k: getattr(usage, k) for k in _BUCKETS})
-        if not priced.priced:
-            result["suggestions"] = catalog.suggest(model)
         if as_json:
             sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
             return
 
         out = console()
-        title = f"{priced.model} @ {result['at']}" + (f"  ({priced.price_version})" if priced.priced else "  (UNPRICED)")
+        title = f"{priced.model} @ {result['at']}  ({priced.price_version})"
         table = Table(title=escape(title), caption=f"exact total: {result['usd']} USD")
         key_column(table, "bucket")
         num_column(table, "tokens")
@@ -177,10 +188,6 @@ def register(app: typer.Typer) -> None:
         table.add_section()
         table.add_row("total", "", usd(priced.nano_usd))
         out.print(table)
-        if not priced.priced:
-            hint = f" Did you mean {' or '.join(result['suggestions'])}?" if result["suggestions"] else ""
-            out.print(f"[yellow]{model!r} has no price at {result['at']} in catalog {catalog.catalog_version}; "
-                          f"counted as 0 USD.{hint}[/yellow]", highlight=False)
 
     @prices.command("list")
     def prices_list(
@@ -234,3 +241,59 @@ def register(app: typer.Typer) -> None:
         else:
             write_catalog(entries, out, day)
             sys.stderr.write(f"wrote {len(entries)} entries to {out}\n")
+
+    @prices.command("publish")
+    def prices_publish(
+        file: Annotated[Path, typer.Argument(help="prices.json-shaped catalog, or LiteLLM's price JSON")],
+        valid_from: Annotated[str | None, typer.Option(
+            "--valid-from", help="valid_from of a LiteLLM file's entries (YYYY-MM-DD); default today, UTC.")] = None,
+        bootstrap: Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")] = "",
+        topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
+    ) -> None:
+        """Publish price versions on budget.prices: running workers price new events with them from
+        each entry's valid_from on (earlier events keep their price), and keep every version."""
+        import asyncio
+
+        from ops.commands.common import broker_failed, default_bootstrap, environment, quiet_kafka_client
+        from schemas.topics import Topics
+
+        day = valid_from if valid_from is not None else ms_to_date(system_ms())
+        _date_ms("valid-from", day)
+        try:
+            data = msgspec.json.decode(file.read_bytes())
+        except OSError as exc:
+            _fail("file", f"cannot read {str(file)!r}: {exc.strerror or exc}")
+        except msgspec.DecodeError as exc:
+            _fail("file", f"invalid JSON: {exc}")
+        try:
+            if isinstance(data, dict) and isinstance(data.get("models"), list):
+                entries = list(PriceCatalog.from_dict(data).entries)
+            elif isinstance(data, dict):
+                entries = import_litellm(data, day)
+            else:
+                _fail("file", "must be a prices.json catalog or LiteLLM's JSON object keyed by model id")
+        except ValueError as exc:
+            _fail("file", str(exc))
+        if not entries:
+            _fail("file", "no prices in it")
+        server = bootstrap or default_bootstrap()
+        quiet_kafka_client()
+        try:
+            asyncio.run(_publish(server, Topics(topic_prefix).prices, [price_record(e) for e in entries], environment().kafka))
+        except Exception as err:  # noqa: BLE001 - one line, not a traceback
+            broker_failed("publish prices to", server, err)
+        sys.stderr.write(f"published {len(entries)} price versions to {Topics(topic_prefix).prices}\n")
+
+
+async def _publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], security: Any) -> None:
+    """Every record, acknowledged by every replica, through one producer."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **security.client_options())
+    try:
+        await producer.start()
+        await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in records])
+    finally:
+        await producer.stop()

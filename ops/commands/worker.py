@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import msgspec
 import typer
 
-from ops.commands.common import broker_failed, console, default_bootstrap, environment, fail, quiet_kafka_client
+from ops.commands.common import (
+    broker_failed, check_agent, console, default_bootstrap, environment, fail, print_json, quiet_kafka_client,
+)
 
 Bootstrap = Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")]
 Rules = Annotated[Optional[Path], typer.Option("--rules", help="Rules file (YAML); defaults built in")]
@@ -20,6 +23,12 @@ Team = Annotated[Optional[str], typer.Option("--team")]
 Global = Annotated[bool, typer.Option("--global")]
 DefaultAgent = Annotated[bool, typer.Option("--default-agent")]
 Reason = Annotated[str, typer.Option("--reason", help="Why, kept in the budget history")]
+Force = Annotated[bool, typer.Option("--force", help="Set a budget for an agent id that has no usage and no "
+                                                     "rules entry or override yet")]
+StoreDir = Annotated[Optional[Path], typer.Option("--data-dir", help="The store --agent is checked against "
+                                                                    "(default var, or BUDGETWARDEN_DATA_DIR)")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the record published as one JSON object")]
+ZERO = "0 allows nothing (the first call is over budget); `budget unset` removes a limit"
 _HISTORY_SQL = """SELECT policy_id, ts_ms, scope, subject, limits, params, deleted, author, overlay, unset_fields,
        changed_fields, fields_before, fields_after, reason
 FROM {db}.policies FINAL ORDER BY ts_ms, policy_id"""
@@ -70,11 +79,13 @@ def limits_in_force(rules: Path | None, bootstrap: str = "", topic_prefix: str =
         return base
 
 
-def _publish_change(options: dict[str, Any], reason: str, rules: Path | None, bootstrap: str, topic_prefix: str) -> None:
-    """Build the change, merge it into its key's published override and publish that (streams.policies)."""
+def _publish_change(options: dict[str, Any], reason: str, rules: Path | None, bootstrap: str, topic_prefix: str,
+                    force: bool = False, data_dir: Path | None = None, as_json: bool = False) -> None:
+    """Build the change, check it (an agent that exists unless `force`; a delete that removes
+    something), merge it into its key's published override and publish that (streams.policies)."""
     from schemas.errors import ConfigError, PolicyError
     from schemas.topics import Topics
-    from streams.policies import build_policy, publish_change
+    from streams.policies import build_policy, fold, merge_change, publish, read_policies
     from streams.rules_config import load_rules
 
     try:
@@ -83,13 +94,28 @@ def _publish_change(options: dict[str, Any], reason: str, rules: Path | None, bo
     except (PolicyError, ConfigError) as err:
         fail(str(err))
     quiet_kafka_client()
-    server = bootstrap or default_bootstrap()
+    server, topics = bootstrap or default_bootstrap(), Topics(topic_prefix)
     try:
-        record = asyncio.run(publish_change(server, change, base, Topics(topic_prefix), environment().kafka))
+        policies = asyncio.run(read_policies(server, topics, environment().kafka))
+    except Exception as err:  # noqa: BLE001 - one line, no traceback
+        broker_failed("read policies from", server, err)
+    if change.scope == "agent" and not change.deleted and not force:
+        check_agent(change.subject, data_dir, fold(base, policies).budgets.agents,
+                    f"the rules file ({rules or 'built-in defaults'}) or the live overrides")
+    try:
+        record = merge_change(policies, change, base)
     except (PolicyError, ConfigError) as err:
         fail(str(err))
+    if record.deleted and not record.changed:
+        fail(f"{change.policy_id}: no live override to delete (`budget list` shows the limits in force; "
+             "a rules file entry is changed in the file)")
+    try:
+        asyncio.run(publish(server, record, topics, environment().kafka))
     except Exception as err:  # noqa: BLE001 - one line, no traceback
         broker_failed("publish to", server, err)
+    if as_json:
+        print_json(msgspec.to_builtins(record))
+        return
     what = "deleted" if record.deleted else "published"
     console.print(f"{what} {record.policy_id}: {_diff(record.before, record.after, record.changed)}", highlight=False)
 
@@ -102,13 +128,34 @@ def _diff(before: dict[str, Any], after: dict[str, Any], changed: list[str]) -> 
 
 
 def _show(name: str, value: Any) -> str:
-    from schemas.money import format_usd
+    """A limit or param for people: `$5.00` for nano-USD fields, `150,000` for counts."""
+    from ops.commands.tables import tokens, usd
 
     if value is None:
         return "-"
-    if name == "daily_nano_usd" and isinstance(value, int):
-        return f"${format_usd(value)}"
+    if name.endswith("_nano_usd") and isinstance(value, int):
+        return usd(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return tokens(value)
     return str(value)
+
+
+_LIMIT_WORDS = (("daily", "daily_tokens", "daily_usd"), ("weekly", "weekly_tokens", "weekly_usd"),
+                ("monthly", "monthly_tokens", "monthly_usd"), ("hourly", "hourly_tokens", None),
+                ("task", "task_tokens", None), ("step", "step_tokens", None))
+
+
+def _limits_text(row: dict[str, Any]) -> str:
+    """One `render_rows` row's limits for people: `daily 150,000 tokens, $5.00; task 80,000 tokens`."""
+    from ops.commands.tables import tokens, usd
+
+    parts = []
+    for word, token_key, usd_key in _LIMIT_WORDS:
+        shown = ([f"{tokens(row[token_key])} tokens"] if row[token_key] is not None else []) + \
+                ([usd(row[usd_key])] if usd_key and row[usd_key] is not None else [])
+        if shown:
+            parts.append(f"{word} {', '.join(shown)}")
+    return "; ".join(parts)
 
 
 def _history_rows(data_dir: Path | None) -> list[dict[str, Any]]:
@@ -158,6 +205,8 @@ def register(app: typer.Typer) -> None:
     def worker(
         bootstrap: Bootstrap = "",
         rules: Rules = None,
+        prices: Annotated[Optional[Path], typer.Option(
+            "--prices", help="Price catalog: prices.json shape or LiteLLM's price JSON (env BUDGETWARDEN_PRICES)")] = None,
         only: Annotated[Optional[str], typer.Option("--only", help="processor | sink (default: both)")] = None,
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="State and store directory")] = None,
         http_port: Annotated[Optional[int], typer.Option("--http-port", help="Dashboard/API port (sink)")] = None,
@@ -180,10 +229,16 @@ def register(app: typer.Typer) -> None:
             fail(str(err))
         settings = WorkerSettings.from_env(
             environment(),
-            bootstrap=bootstrap or None, rules_path=rules, data_dir=data_dir, http_port=http_port,
+            bootstrap=bootstrap or None, rules_path=rules, prices_path=prices, data_dir=data_dir, http_port=http_port,
             partitions=partitions, app_id=app_id, role=only or "all",
             processing_guarantee="exactly_once" if exactly_once else None,
         )
+        if settings.prices_path is not None:
+            from schemas.litellm_import import load_catalog
+            try:
+                load_catalog(settings.prices_path)  # fail fast, in one line, on a bad price file
+            except (OSError, ValueError) as err:
+                fail(f"--prices: {err}")
         run(settings, topic_prefix, environment().parent_pid)
 
     @budget.command("set")
@@ -192,29 +247,35 @@ def register(app: typer.Typer) -> None:
         default_agent: DefaultAgent = False,
         rule: Annotated[Optional[str], typer.Option("--rule", help="Rule name, with --param k=v")] = None,
         param: Annotated[Optional[list[str]], typer.Option("--param", help="k=v for --rule (repeatable)")] = None,
-        daily_tokens: Annotated[Optional[int], typer.Option("--daily-tokens", min=0)] = None,
-        daily_usd: Annotated[Optional[str], typer.Option("--daily-usd", help="Exact decimal USD")] = None,
-        hourly_tokens: Annotated[Optional[int], typer.Option("--hourly-tokens", min=0)] = None,
+        daily_tokens: Annotated[Optional[int], typer.Option("--daily-tokens", min=0, help=f"Tokens a day; {ZERO}")] = None,
+        daily_usd: Annotated[Optional[str], typer.Option("--daily-usd", help="Exact decimal USD a day; 0 allows nothing")] = None,
+        hourly_tokens: Annotated[Optional[int], typer.Option("--hourly-tokens", min=0, help="Tokens in the last hour")] = None,
         weekly_tokens: Annotated[Optional[int], typer.Option("--weekly-tokens", min=0, help="Calendar week")] = None,
         weekly_usd: Annotated[Optional[str], typer.Option("--weekly-usd", help="Exact decimal USD")] = None,
         monthly_tokens: Annotated[Optional[int], typer.Option("--monthly-tokens", min=0, help="Calendar month")] = None,
         monthly_usd: Annotated[Optional[str], typer.Option("--monthly-usd", help="Exact decimal USD")] = None,
-        task_tokens: Annotated[Optional[int], typer.Option("--task-tokens", min=0)] = None,
-        step_tokens: Annotated[Optional[int], typer.Option("--step-tokens", min=0)] = None,
+        task_tokens: Annotated[Optional[int], typer.Option("--task-tokens", min=0, help="Tokens one task may use")] = None,
+        step_tokens: Annotated[Optional[int], typer.Option("--step-tokens", min=0, help="Tokens one call may use")] = None,
         criticality: Annotated[Optional[str], typer.Option("--criticality", help="critical | normal")] = None,
         delete: Annotated[bool, typer.Option("--delete", help="Remove the override (same as budget delete)")] = False,
         reason: Reason = "",
         rules: Rules = None,
         bootstrap: Bootstrap = "",
+        force: Force = False,
+        data_dir: StoreDir = None,
+        as_json: AsJson = False,
         topic_prefix: TopicPrefix = "",
     ) -> None:
-        """Change only the fields given (the others, criticality included, stay); running workers apply it live."""
+        """Change only the fields given (the others, criticality included, stay); running workers apply it live.
+
+        A limit of 0 allows nothing: the first call puts the subject over budget. An --agent must
+        exist: usage in the store, an entry in the rules file or a live override (--force: a new one)."""
         _publish_change(dict(
             agent=agent, user=user, team=team, global_=global_, default_agent=default_agent, rule=rule,
             params=param or [], daily_tokens=daily_tokens, daily_usd=daily_usd, hourly_tokens=hourly_tokens,
             weekly_tokens=weekly_tokens, weekly_usd=weekly_usd, monthly_tokens=monthly_tokens, monthly_usd=monthly_usd,
             task_tokens=task_tokens, step_tokens=step_tokens, criticality=criticality, delete=delete,
-        ), reason, rules, bootstrap, topic_prefix)
+        ), reason, rules, bootstrap, topic_prefix, force, data_dir, as_json)
 
     @budget.command("unset")
     def budget_unset(
@@ -225,11 +286,12 @@ def register(app: typer.Typer) -> None:
         reason: Reason = "",
         rules: Rules = None,
         bootstrap: Bootstrap = "",
+        as_json: AsJson = False,
         topic_prefix: TopicPrefix = "",
     ) -> None:
         """Remove fields: that scope has no own limit for them (an agent falls back to default_agent)."""
         _publish_change(dict(agent=agent, user=user, team=team, global_=global_, default_agent=default_agent,
-                             rule=rule, unset=field), reason, rules, bootstrap, topic_prefix)
+                             rule=rule, unset=field), reason, rules, bootstrap, topic_prefix, as_json=as_json)
 
     @budget.command("delete")
     def budget_delete(
@@ -239,11 +301,13 @@ def register(app: typer.Typer) -> None:
         reason: Reason = "",
         rules: Rules = None,
         bootstrap: Bootstrap = "",
+        as_json: AsJson = False,
         topic_prefix: TopicPrefix = "",
     ) -> None:
-        """Remove the whole live override: back to the rules file's entry (or default_agent)."""
+        """Remove the whole live override: back to the rules file's entry (or default_agent).
+        Refused when the key has no live override."""
         _publish_change(dict(agent=agent, user=user, team=team, global_=global_, default_agent=default_agent,
-                             rule=rule, delete=True), reason, rules, bootstrap, topic_prefix)
+                             rule=rule, delete=True), reason, rules, bootstrap, topic_prefix, as_json=as_json)
 
     @budget.command("history")
     def budget_history(
@@ -288,9 +352,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
         topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
-        """The effective budgets: the rules file with every published policy applied."""
-        import json
-
+        """The effective budgets: the rules file with every published policy applied.
+        `-`: no limit of its own; 0: nothing allowed (the first call is over budget)."""
         from schemas.errors import ConfigError
         from schemas.topics import Topics
         from streams.policies import effective_config, render_rows
@@ -307,24 +370,19 @@ def register(app: typer.Typer) -> None:
             broker_failed("read policies from", bootstrap or default_bootstrap(), err)
         rows = render_rows(config)
         if as_json:
-            console.print_json(json.dumps({"version": config.version, "budgets": rows}))
+            print_json({"version": config.version, "budgets": rows})
             return
         from rich.markup import escape
         from rich.table import Table
 
-        from ops.commands.tables import console as table_console, key_column, num_column, tokens, usd
+        from ops.commands.tables import console as table_console, key_column
 
-        table = Table(title=f"effective budgets (policy version {config.version}, tz {config.timezone})")
-        table.add_column("scope", overflow="fold")
-        key_column(table, "subject")
-        for col in ("daily tokens", "daily USD", "weekly tokens", "weekly USD", "monthly tokens", "monthly USD",
-                    "hourly tokens", "task tokens", "step tokens"):
-            num_column(table, col)
+        table = Table(title=f"effective budgets (policy version {config.version}, tz {config.timezone})",
+                      caption="a limit not shown: none of its own; 0: nothing allowed (the first call is over budget)")
+        key_column(table, "budget")
+        table.add_column("limits", overflow="fold")
         table.add_column("criticality", overflow="fold")
         for r in rows:
-            table.add_row(r["scope"], escape(r["subject"] or "-"),
-                          *(usd(r[k]) if k.endswith("_usd") else tokens(r[k]) for k in
-                            ("daily_tokens", "daily_usd", "weekly_tokens", "weekly_usd", "monthly_tokens",
-                             "monthly_usd", "hourly_tokens", "task_tokens", "step_tokens")),
+            table.add_row(escape(f"{r['scope']} {r['subject']}".strip()), escape(_limits_text(r)) or "-",
                           str(r["criticality"]) if r["criticality"] is not None else "-")
         table_console().print(table)

@@ -28,7 +28,7 @@ def test_missing_target_is_refused(command: str, field: str) -> None:
 
 
 def test_cli_reports_an_unreachable_broker_in_one_line() -> None:
-    result = CliRunner().invoke(app, ["control", "pause", "--agent", "a", "--bootstrap", "127.0.0.1:1"])
+    result = CliRunner().invoke(app, ["control", "pause", "--agent", "a", "--force", "--bootstrap", "127.0.0.1:1"])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: could not send to 127.0.0.1:1")
     assert "Traceback" not in result.output

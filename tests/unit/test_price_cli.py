@@ -42,12 +42,17 @@ def test_cache_write_buckets_and_history_date() -> None:
     assert json.loads(r.stdout)["nano_usd"] == 5_000_000  # launch price $5
 
 
-def test_unknown_model_is_unpriced_exit_zero() -> None:
+def test_unknown_model_is_an_error_not_a_zero_price() -> None:
     r = runner.invoke(_app(), ["price", "--model", "mystery-9000", "--input", "10", "--json"])
-    assert r.exit_code == 0
-    out = json.loads(r.stdout)
-    assert out["priced"] is False and out["nano_usd"] == 0 and out["price_version"] == ""
-    assert out["input_tokens"] == 10
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: model: 'mystery-9000' is not in the price catalog")
+    assert "prices list" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_a_model_priced_only_later_names_its_first_price_date() -> None:
+    r = runner.invoke(_app(), ["price", "--model", "gpt-4o", "--input", "10", "--at", "2020-01-01"])
+    assert r.exit_code == 2
+    assert "'gpt-4o' has no price on 2020-01-01" in r.stderr and "first price is from 2024-05-13" in r.stderr
 
 
 def test_usage_json_openai_chat() -> None:
@@ -125,8 +130,8 @@ def test_prices_import_litellm_bad_file(tmp_path: Path) -> None:
 
 def test_a_misspelt_model_gets_suggestions_and_a_misspelt_provider_is_refused() -> None:
     r = runner.invoke(_app(), ["price", "--model", "claude-3-5-sonet", "--input", "10", "--json"])
-    assert r.exit_code == 0
-    assert "claude-3-5-sonnet" in json.loads(r.stdout)["suggestions"]
+    assert r.exit_code == 2 and r.stdout == ""
+    assert "did you mean claude-3-5-sonnet" in r.stderr and len(r.stderr.splitlines()) == 1
     r = runner.invoke(_app(), ["price", "--model", "gpt-4o", "--provider", "opnai", "--input", "10"])
     assert r.exit_code == 2
     assert "error: provider: unknown provider 'opnai'; did you mean 'openai'?" in r.stderr
