@@ -1,7 +1,7 @@
 """`budgetwarden bench ...`: benchmarks that print measured numbers.
 
-Subcommands: `sink` and `contention` (chDB), `client`, `processor`, `all` (every benchmark,
-then the soak, into bench/) and `soak`. Each imports its `ops.bench` module when it runs, so
+Subcommands: `sink`, `contention` and `scale` (chDB), `client`, `processor`, `all` (every benchmark,
+then the soak, into bench/), `soak`, and the fault runs `rebalance` and `faults`. Each imports its `ops.bench` module when it runs, so
 the bench extra (matplotlib, psutil) is only needed for the command being run.
 """
 from __future__ import annotations
@@ -96,6 +96,26 @@ def bench_contention(
     print(f"{'ms per call':<16}" + "".join(f"{c:>10}" for c in CONDITIONS))
     for name in ms["alone"]:
         print(f"{name:<16}" + "".join(f"{ms[c][name]:>10}" for c in CONDITIONS))
+
+
+@bench_app.command("scale")
+def bench_scale(
+    events: Annotated[int, typer.Option("--events", min=1000, help="Events generated inside chDB (plus 1% duplicates).")] = 100_000_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """A month of a 1,000-agent fleet generated in chDB: every dashboard and attribution query cold and warm, peak RSS."""
+    from ops.bench.scale import run
+
+    result = run(events, progress)
+    if as_json:
+        emit_json(result)
+        return
+    print(f"{result['events']:,} events (+1% duplicates) over 30 days: generated in {result['generate_ms'] / 1000:.1f} s, "
+          f"rollups built in {result['rollup_build_ms'] / 1000:.1f} s")
+    for name, warm in result["query_ms"].items():
+        print(f"  {name:<28} cold {result['query_ms_cold'][name]:>9,.1f} ms   warm {warm:>9,.1f} ms")
+    print(f"dashboard max {result['dashboard_ms_max']:,.1f} ms (target <= 300)   attribution max "
+          f"{result['attribution_ms_max']:,.1f} ms (target <= 2,000)   peak RSS {result['rss_peak_mb']:,.0f} MB (target <= 8,192)")
 
 
 # --- client and processor ----------------------------------------------------------------
