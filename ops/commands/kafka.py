@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ops.commands.common import broker_failed, console, default_bootstrap, environment, err_console, fail, quiet_kafka_client
+from ops.commands.common import (
+    broker_failed, console, default_bootstrap, environment, err_console, fail, print_json, quiet_kafka_client,
+)
 from ops.kafka.broker import BrokerError, KafkaBroker, fetch
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Broker config, data and logs")]
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
 
     @kafka.command("status")
     def kafka_status(directory: DirOption = Path("var/kafka")) -> None:
+        """Whether the broker started from this directory runs (exit 1 when not)."""
         broker = KafkaBroker(directory)
         if broker.is_running():
             console.print(f"running on {broker.bootstrap}", highlight=False)
@@ -88,8 +90,9 @@ def register(app: typer.Typer) -> None:
 
     @schema.command("show")
     def schema_show(name: Annotated[str, typer.Argument(help="usage_event, decision, control_command, ...")]) -> None:
+        """Print one message type's JSON Schema (contract v1) as one JSON document."""
         from schemas.jsonschema import SCHEMA_FILES, schema_for
 
         if name not in SCHEMA_FILES:
             fail(f"name: unknown schema {name!r}; one of {', '.join(SCHEMA_FILES)}")
-        console.print_json(json.dumps(schema_for(SCHEMA_FILES[name], name)))
+        print_json(schema_for(SCHEMA_FILES[name], name))

@@ -14,6 +14,7 @@ from schemas.topics import Topics
 from streams.admission_service import AdmissionService
 from streams.client import BudgetClient, BudgetExceeded
 from streams.kafka import KafkaSecurity, ensure_topics
+from streams.policies import build_policy, publish_change
 from streams.rules_config import Budgets, RulesConfig
 
 pytestmark = pytest.mark.integration
@@ -80,3 +81,23 @@ async def test_two_instances_sharing_a_team_budget_stop_within_it(
             break
         await asyncio.sleep(0.05)
     assert svc.ledger.remaining(("team", "search")) == LIMIT - sum(used)
+
+
+async def test_a_live_budget_edit_reaches_the_granting_service(
+    service: tuple[str, Topics, AdmissionService], tmp_path: Path
+) -> None:
+    """`budget set --team search --daily-tokens 2000` while a client holds nothing: its next
+    call is refused by the new limit, named in BudgetExceeded."""
+    bootstrap, topics, svc = service
+    await publish_change(bootstrap, build_policy(team="search", daily_tokens=2_000), svc.base, topics)
+    for _ in range(100):
+        if svc.ledger.remaining(("team", "search")) == 2_000:
+            break
+        await asyncio.sleep(0.05)
+    assert svc.ledger.remaining(("team", "search")) == 2_000
+    async with BudgetClient(bootstrap, "crawler", team="search", admission=True, topics=topics,
+                            kafka=KafkaSecurity(), spill_dir=tmp_path / "s", control_key=None) as bw:
+        await bw.before_call(estimated_tokens=1_500)  # the first allowance: the 2,000 left
+        with pytest.raises(BudgetExceeded) as refused:
+            await bw.before_call(estimated_tokens=1_500)
+    assert (refused.value.scope, refused.value.subject) == ("team", "search")
