@@ -82,9 +82,21 @@ def check_select(store: Store, sql: str) -> str:
         rows = store.query(f"EXPLAIN AST {text}", None, True)
         lines = [str(next(iter(row.values()))) for row in rows]
     except Exception as exc:  # noqa: BLE001 - ClickHouse's parse error, or a reply that is not an AST
-        raise RefusedSQL("sql", f"ClickHouse cannot parse it: {str(exc)[:300]}") from None
+        raise RefusedSQL("sql", _parse_failure(str(exc))) from None
     check_ast(parse_ast(lines), store.database, text)
     return text
+
+
+_SYNTAX = re.compile(r"Syntax error: (?:failed at position \d+ )?(.*?)(?: \(SYNTAX_ERROR\))?$", re.S)
+
+
+def _parse_failure(message: str) -> str:
+    """ClickHouse's parse error as a syntax error, in its words (the position it gives counts
+    `EXPLAIN AST `, so only the text at the failure is kept); any other failure as it came."""
+    found = _SYNTAX.search(message.strip())
+    if found is None:
+        return f"ClickHouse cannot parse it: {message[:300]}"
+    return f"syntax error at {found.group(1)[:300]}"
 
 
 @dataclass

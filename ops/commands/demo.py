@@ -90,9 +90,9 @@ def register(app: typer.Typer) -> None:
     def demo(
         seconds: Annotated[float, typer.Option(min=10, help="How long the fleet runs")] = 90,
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary, no live view")] = False,
-        data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("var/demo"),
-        http_port: int = 8088,
-        seed: int = 7,
+        data_dir: Annotated[Path, typer.Option("--data-dir", help="Wiped and used for this run's stack")] = Path("var/demo"),
+        http_port: Annotated[int, typer.Option(help="Dashboard port (another free one when taken)")] = 8088,
+        seed: Annotated[int, typer.Option(help="The fleet's random seed (same seed, same run)")] = 7,
         keep: Annotated[bool | None, typer.Option(help="Keep the stack up after the run until Ctrl-C "
                                                          "(default: only in a terminal without --json)")] = None,
     ) -> None:
@@ -136,9 +136,9 @@ def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate(
         rate: Annotated[float, typer.Option(min=0.1, help="Total model calls per second across the fleet")] = 20,
-        seconds: Annotated[float, typer.Option(min=1)] = 30,
+        seconds: Annotated[float, typer.Option(min=1, help="How long the fleet runs")] = 30,
         bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap (env KAFKA_BOOTSTRAP)")] = "",
-        seed: int = 7,
+        seed: Annotated[int, typer.Option(help="The fleet's random seed (same seed, same calls)")] = 7,
         json_out: Annotated[bool, typer.Option("--json", help="One JSON summary at the end, no progress line")] = False,
     ) -> None:
         """Drive the demo fleet's agents against a running stack at RATE calls/s.

@@ -6,16 +6,14 @@ machine output; otherwise a readable table.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import msgspec
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ops.commands.common import fail
+from ops.commands.common import fail, print_json
 from ops.commands.tables import console, key_column, num_column, period_label, print_rows, tokens, usd
 from sinks.access import Access, AccessError
 from schemas.calendar import PERIODS
@@ -27,7 +25,9 @@ from streams.settings import WorkerSettings
 __all__ = ["register"]
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Worker data dir (default var, or BUDGETWARDEN_DATA_DIR).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one compact JSON document (exact integers, 9-decimal USD).")]
+_BY_HELP = "|".join(DIMENSIONS)
+_PERIOD_HELP = "|".join(PERIODS) + " (calendar, in the rules' time zone; all: everything kept)"
 _TOKEN_COLS = ("events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "tokens")
 _TOKEN_HEADERS = ("events", "input", "output", "cache read", "cache write", "tokens")
 _KEY_NAMES = {"agent": "agent", "user": "user", "team": "team", "model": "model", "task": "task id",
@@ -46,10 +46,6 @@ def _run(data_dir: Path | None, fn: Any, rules: Path | None = None) -> Any:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     finally:
         access.close()
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
@@ -80,9 +76,9 @@ _PREVIOUS = {"hour": "previous hour", "day": "yesterday", "week": "last week", "
 def register(app: typer.Typer) -> None:
     @app.command("top")
     def top_cmd(
-        by: Annotated[str, typer.Option("--by", help="agent|user|team|model|task|session")] = "agent",
-        period: Annotated[str, typer.Option("--period", help="hour|day|week|month|all")] = "day",
-        limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 10,
+        by: Annotated[str, typer.Option("--by", help=_BY_HELP)] = "agent",
+        period: Annotated[str, typer.Option("--period", help=_PERIOD_HELP)] = "day",
+        limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="Rows (1..100,000)")] = 10,
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
@@ -97,19 +93,19 @@ def register(app: typer.Typer) -> None:
 
         rows = _run(data_dir, fetch)
         if as_json:
-            _print_json(rows)
+            print_json(rows)
         else:
             console().print(_usage_table(f"top {limit} by {by}, {label[0]}", rows, by))
 
     @app.command("usage")
     def usage_cmd(
-        period: Annotated[str, typer.Option("--period", help="hour|day|week|month|all")] = "day",
-        by: Annotated[str, typer.Option("--by", help="breakdown dimension")] = "model",
-        agent: Annotated[str | None, typer.Option("--agent")] = None,
-        user: Annotated[str | None, typer.Option("--user")] = None,
-        team: Annotated[str | None, typer.Option("--team")] = None,
-        model: Annotated[str | None, typer.Option("--model")] = None,
-        limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 20,
+        period: Annotated[str, typer.Option("--period", help=_PERIOD_HELP)] = "day",
+        by: Annotated[str, typer.Option("--by", help=f"Breakdown: {_BY_HELP}")] = "model",
+        agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's usage")] = None,
+        user: Annotated[str | None, typer.Option("--user", help="Only this user's usage")] = None,
+        team: Annotated[str | None, typer.Option("--team", help="Only this team's usage")] = None,
+        model: Annotated[str | None, typer.Option("--model", help="Only this model's usage")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="Breakdown rows (1..100,000)")] = 20,
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
@@ -125,7 +121,7 @@ def register(app: typer.Typer) -> None:
 
         data = _run(data_dir, fetch)
         if as_json:
-            _print_json(data)
+            print_json(data)
             return
         out = console()
         out.print(f"[bold]{escape(label[0])}[/bold]: {tokens(data['events'])} events, {tokens(data['tokens'])} tokens, "
@@ -150,7 +146,7 @@ def register(app: typer.Typer) -> None:
         config = limits_in_force(rules, bootstrap, topic_prefix)
         rows = _run(data_dir, lambda a: budget_status(store_or_api(a), config), rules)
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
         now, windows = _now_ms(), list(dict.fromkeys(r["window"] for r in rows)) or ["day"]
         table = Table(title="budget vs actual, " + "; ".join(period_label(w, now, config.tz()) for w in windows))
@@ -170,7 +166,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report_cmd(
-        period: Annotated[str, typer.Option("--period", help="day|week")] = "day",
+        period: Annotated[str, typer.Option("--period", help=_PERIOD_HELP)] = "day",
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
@@ -184,7 +180,7 @@ def register(app: typer.Typer) -> None:
 
         data = _run(data_dir, fetch)
         if as_json:
-            _print_json(data)
+            print_json(data)
             return
         calendar, now = seen["calendar"], seen["now"]
         label = period_label(period, now, calendar)
@@ -223,7 +219,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("waste")
     def waste_cmd(
-        period: Annotated[str, typer.Option("--period", help="day|week|month|all")] = "week",
+        period: Annotated[str, typer.Option("--period", help=_PERIOD_HELP)] = "day",
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
@@ -237,7 +233,7 @@ def register(app: typer.Typer) -> None:
 
         data = _run(data_dir, fetch)
         if as_json:
-            _print_json(data)
+            print_json(data)
             return
         table = Table(title=f"waste, {label[0]}: {usd(data['nano_usd'])} estimated")
         key_column(table, "category")
@@ -251,13 +247,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sql")
     def sql_cmd(
-        query: Annotated[str, typer.Argument(help="One SELECT / WITH / SHOW / DESCRIBE statement.")],
+        query: Annotated[str, typer.Argument(help="One SELECT (or WITH ... SELECT) over the tables of database budgetwarden.")],
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
-        """Run read-only SQL against the store (tables live in database `budgetwarden`)."""
+        """Run one read-only SELECT against the store (tables live in database `budgetwarden`;
+        `SELECT name FROM system.tables WHERE database = 'budgetwarden'` lists them). A result
+        too wide for the terminal is shown one `column : value` block per row."""
         rows = _run(data_dir, lambda a: a.sql(query))
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
         print_rows(console(), rows)

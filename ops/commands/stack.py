@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     def up(
         data_dir: DataDir = Path("var"),
         kafka_port: Annotated[int, typer.Option(help="0 picks a free port")] = 9092,
-        http_port: int = 8088,
+        http_port: Annotated[int, typer.Option(help="Dashboard and API port")] = 8088,
         rules: Annotated[Path | None, typer.Option(help="Rules file (YAML), checked before anything starts")] = None,
     ) -> None:
         """Start the broker and the worker (processor + sink + dashboard) in the background.

@@ -17,11 +17,11 @@ from ops.commands.common import (
 Bootstrap = Annotated[str, typer.Option("--bootstrap", help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")]
 Rules = Annotated[Optional[Path], typer.Option("--rules", help="Rules file (YAML); defaults built in")]
 TopicPrefix = Annotated[str, typer.Option("--topic-prefix", hidden=True)]
-Agent = Annotated[Optional[str], typer.Option("--agent")]
-User = Annotated[Optional[str], typer.Option("--user")]
-Team = Annotated[Optional[str], typer.Option("--team")]
-Global = Annotated[bool, typer.Option("--global")]
-DefaultAgent = Annotated[bool, typer.Option("--default-agent")]
+Agent = Annotated[Optional[str], typer.Option("--agent", help="One agent's budget")]
+User = Annotated[Optional[str], typer.Option("--user", help="One user's budget (all their agents)")]
+Team = Annotated[Optional[str], typer.Option("--team", help="One team's budget (all its agents)")]
+Global = Annotated[bool, typer.Option("--global", help="The fleet's budget")]
+DefaultAgent = Annotated[bool, typer.Option("--default-agent", help="What an agent without its own entry gets")]
 Reason = Annotated[str, typer.Option("--reason", help="Why, kept in the budget history")]
 Force = Annotated[bool, typer.Option("--force", help="Set a budget for an agent id that has no usage and no "
                                                      "rules entry or override yet")]
@@ -313,9 +313,9 @@ def register(app: typer.Typer) -> None:
     def budget_history(
         agent: Agent = None, user: User = None, team: Team = None, global_: Global = False,
         default_agent: DefaultAgent = False,
-        rule: Annotated[Optional[str], typer.Option("--rule")] = None,
+        rule: Annotated[Optional[str], typer.Option("--rule", help="One rule's setting changes")] = None,
         limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N changes")] = 50,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the changes as one JSON array")] = False,
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Worker data dir")] = None,
     ) -> None:
         """Every budget change, oldest first: when, who, why, the fields before and after (ClickHouse `policies`)."""
@@ -349,7 +349,7 @@ def register(app: typer.Typer) -> None:
     def budget_list(
         rules: Rules = None,
         bootstrap: Bootstrap = "",
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: version and budgets")] = False,
         topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
         """The effective budgets: the rules file with every published policy applied.
