@@ -14,8 +14,9 @@ from typing import Any
 
 import msgspec
 
-from schemas.money import NANOS_PER_USD
-from schemas.pricing import PriceEntry, date_to_ms, ms_to_date
+from schemas.errors import InputError
+from schemas.money import NANOS_PER_USD, usd_to_nanos
+from schemas.pricing import PriceCatalog, PriceEntry, date_to_ms, ms_to_date
 
 __all__ = [
     "CHAT_MODES",
@@ -24,6 +25,9 @@ __all__ = [
     "import_litellm",
     "catalog_dict",
     "write_catalog",
+    "load_catalog",
+    "price_record",
+    "decode_price_record",
 ]
 
 #: LiteLLM modes priced per token for text generation; embeddings, images, audio etc. are skipped.
@@ -136,3 +140,51 @@ def write_catalog(entries: Iterable[PriceEntry], path: str | Path, catalog_versi
     """Write `entries` as a prices.json-shaped file that PriceCatalog.from_file can load."""
     body = msgspec.json.format(msgspec.json.encode(catalog_dict(entries, catalog_version)), indent=2)
     Path(path).write_bytes(body + b"\n")
+
+
+#: what a LiteLLM price file loaded as a catalog is valid from: every event this project accepts
+LITELLM_VALID_FROM = "2000-01-01"
+
+
+def load_catalog(path: str | Path) -> PriceCatalog:
+    """A catalog file as the worker is given it (`--prices`): the prices.json shape, or LiteLLM's
+    model_prices_and_context_window.json as it is (its chat models, in force for every event)."""
+    data = msgspec.json.decode(Path(path).read_bytes())
+    if isinstance(data, Mapping) and isinstance(data.get("models"), list):
+        return PriceCatalog.from_dict(data)
+    if isinstance(data, Mapping):
+        entries = import_litellm(data, LITELLM_VALID_FROM)
+        if entries:
+            return PriceCatalog(entries, f"litellm:{Path(path).name}")
+    raise ValueError(f"{path}: neither a prices.json catalog (a 'models' list) nor LiteLLM's price file "
+                     "(chat models with input_cost_per_token)")
+
+
+def price_record(entry: PriceEntry) -> tuple[bytes, bytes]:
+    """(key, value) of one price version on the compacted `budget.prices` topic: the key names the
+    provider, model and valid_from, so compaction keeps every version and the latest correction
+    of each; the value is the entry's prices.json row."""
+    key = f"{entry.provider.lower()}/{entry.model.lower()}@{ms_to_date(entry.valid_from_ms)}"
+    return key.encode(), msgspec.json.encode(catalog_dict([entry], "")["models"][0])
+
+
+def decode_price_record(raw: bytes) -> PriceEntry:
+    """A `budget.prices` value; anything else raises InputError naming the field and the reason."""
+    try:
+        row = msgspec.json.decode(raw)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is bad input (depth, encoding, ...)
+        raise InputError("$", f"not JSON: {err}"[:300]) from None
+    if not isinstance(row, Mapping):
+        raise InputError("$", f"must be an object, got {type(row).__name__}")
+    for name in ("model", "provider", "valid_from", "input", "output"):
+        if name not in row:
+            raise InputError(name, "missing")
+    for name in ("input", "output", "cache_read", "cache_write", "cache_write_1h"):
+        try:
+            usd_to_nanos(row.get(name, "0"))
+        except (ValueError, TypeError, ArithmeticError) as err:
+            raise InputError(name, str(err)[:300]) from None
+    try:
+        return PriceCatalog.from_dict({"models": [row]}).entries[0]
+    except ValueError as err:
+        raise InputError("$", str(err).removeprefix("models[0] ")[:300]) from None

@@ -223,6 +223,15 @@ class PriceCatalog:
         """Load a prices.json-shaped file."""
         return cls.from_dict(msgspec.json.decode(Path(path).read_bytes()))
 
+    def with_entries(self, entries: Iterable[PriceEntry], catalog_version: str | None = None) -> PriceCatalog:
+        """A new catalog: this one plus `entries`. An entry with the provider, model and valid_from
+        of one already here replaces it (a correction); any other is a new version of its model from
+        its valid_from on, so an event before that instant keeps the price it had. Raises ValueError
+        when the result is inconsistent (an alias naming two models), leaving this catalog as it is."""
+        merged = {(e.provider.lower(), e.model.lower(), e.valid_from_ms): e for e in self._entries}
+        merged.update({(e.provider.lower(), e.model.lower(), e.valid_from_ms): e for e in entries})
+        return PriceCatalog(merged.values(), self._catalog_version if catalog_version is None else catalog_version)
+
     @classmethod
     def default(cls) -> PriceCatalog:
         """The catalog shipped in the package (schemas/prices.json), loaded once per process."""

@@ -15,6 +15,7 @@ POLICIES = "budget.policies"
 DEADLETTER = "usage.deadletter"
 STATE = "agent.state"  # compacted: each agent's enforcement state, read by agents at start
 ROLLUPS = "budget.rollups"  # internal: per-partition snapshots for the cross-partition merger
+PRICES = "budget.prices"  # compacted: price versions, key provider/model@valid_from
 ADMISSION_REQUESTS = "admission.requests"  # clients ask the granting service for allowance
 ADMISSION_GRANTS = "admission.grants"  # its answers, keyed by agent_id like agent.control
 
@@ -63,6 +64,10 @@ class Topics:
         return self.prefix + ROLLUPS
 
     @property
+    def prices(self) -> str:
+        return self.prefix + PRICES
+
+    @property
     def admission_requests(self) -> str:
         return self.prefix + ADMISSION_REQUESTS
 
@@ -87,6 +92,7 @@ class Topics:
             TopicSpec(self.deadletter, partitions),
             TopicSpec(self.state, partitions, compacted),
             TopicSpec(self.rollups, 1),
+            TopicSpec(self.prices, 1, compacted),  # every version of every price, in publication order
             # one partition: one granting service answers at a time (a consumer group's single owner)
             TopicSpec(self.admission_requests, 1, {"retention.ms": "3600000"}),
             TopicSpec(self.admission_grants, partitions, {"retention.ms": "3600000"}),

@@ -28,6 +28,8 @@ from schemas.clock import Clock, system_ms
 from schemas.codec import decode_policy, encode
 from schemas.contract import ControlCommand, Decision
 from schemas.errors import InputError
+from schemas.litellm_import import load_catalog
+from schemas.pricing import PriceCatalog
 from schemas.topics import Topics
 from streams.engine import Engine
 from streams.faust_overrides import (
@@ -37,6 +39,7 @@ from streams.faust_overrides import (
     write_table_records,
 )
 from streams.kafka import read_compacted
+from streams.prices import PriceBook, follow_prices
 from streams.merger import Merger
 from streams.rules_config import RulesConfig, apply_policy, load_rules
 from streams.settings import WorkerSettings
@@ -74,7 +77,9 @@ class Processor:
         self.settings = settings
         self.config = config or load_rules(settings.rules_path)
         self.topics = Topics(topic_prefix)
-        self.engine = Engine(self.config, now_ms, control_key=settings.control_key)
+        # the catalog it is given (a prices.json or LiteLLM's file), then what `budget.prices` adds
+        self.prices = PriceBook(load_catalog(settings.prices_path) if settings.prices_path else PriceCatalog.default())
+        self.engine = Engine(self.config, now_ms, catalog=self.prices.catalog, control_key=settings.control_key)
         self.merger = Merger(self.config, now_ms, control_key=settings.control_key)
         self.now_ms = now_ms
         self.batch_max = batch_max
@@ -89,6 +94,7 @@ class Processor:
         self._last_flush = 0.0
         self._clean = True  # no batch is halfway through
         self.policies_ready = asyncio.Event()
+        self.prices_ready = asyncio.Event()
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
                       "batches": 0, "rollups": 0, "redelivered": 0,
                       "offset_gaps": 0}
@@ -140,6 +146,7 @@ class Processor:
         app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
         app.timer(rollup_interval)(self._flush_rollups)
         app.task(self._policy_task)
+        app.task(self._prices_task)
         if status_file is not None:
             self.status_file = status_file
             app.timer(1.0)(self._write_status)
@@ -164,6 +171,7 @@ class Processor:
             # restart the backlog sat unprocessed until the next restart (the kill -9 test's flake)
             async for events in stream.noack_take(self.batch_max, within=self.batch_within):
                 await self.policies_ready.wait()
+                await self.prices_ready.wait()
                 async with self._batch_lock:
                     self._clean = False
                     await self.process_batch(events)
@@ -388,6 +396,16 @@ class Processor:
         self.config = config
         log.info("policy.applied", scope=policy.scope, subject=policy.subject, version=config.version,
                  policy_id=policy.policy_id, deleted=policy.deleted)
+
+    async def _prices_task(self) -> None:
+        """Read `budget.prices` from the start (compacted: every price version), then follow it; the
+        engine prices each batch with the catalog in force (a version applies from its valid_from)."""
+        await follow_prices(self.prices, self.settings.bootstrap, self.topics.prices, self._catalog_changed,
+                            security=self.settings.kafka)
+
+    def _catalog_changed(self, catalog: PriceCatalog) -> None:
+        self.engine.set_catalog(catalog)  # between batches: the loop runs one callback at a time
+        self.prices_ready.set()
 
     async def _write_status(self) -> None:
         """`processor.json` next to the state: what `live_status()` says, for the CLI and tests."""

@@ -50,6 +50,7 @@ DIM_PREFIX = b"d|"
 TASK_PREFIX = b"t|"
 SEEN_PREFIX = b"s|"
 RECENT_DECISIONS = 100
+UNPRICED_MEMORY = 10_000  # models reported as unpriced, remembered so each is reported once
 
 log = structlog.get_logger(__name__)
 
@@ -154,6 +155,7 @@ class Engine:
     ) -> None:
         self.now_ms = now_ms
         self.catalog = catalog or PriceCatalog.default()
+        self._unpriced: dict[str, None] = {}  # models already reported unpriced, oldest first
         self.control_key = control_key
         self.agents: dict[str, AgentState] = {}
         self.dims: dict[tuple[int, str, str], DimState] = {}
@@ -305,10 +307,13 @@ class Engine:
                         self._end_task(agent, ev, p)  # type: ignore[arg-type]
                     continue
                 tokens = ev.input_tokens + ev.output_tokens + ev.cache_read_tokens + ev.cache_write_tokens + ev.cache_write_1h_tokens
-                nano = price(ev.model, ev.provider, ev.ts_ms, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
-                             ev.cache_write_tokens, ev.cache_write_1h_tokens).nano_usd
+                priced = price(ev.model, ev.provider, ev.ts_ms, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
+                               ev.cache_write_tokens, ev.cache_write_1h_tokens)
+                nano = priced.nano_usd
                 ts = ev.ts_ms
                 if fresh:
+                    if not priced.priced and ev.model not in self._unpriced:
+                        self._unpriced_model(ev, tokens, out)
                     out.counted += 1
                     agent.remember(h, pos)
                     pa.add(ts, tokens, nano)
@@ -326,6 +331,27 @@ class Engine:
                             pd.agents[agent_id] = None
         self._settle(subjects, last, out)
         return out
+
+    def set_catalog(self, catalog: PriceCatalog) -> None:
+        """Swap the price catalog (a price published on `budget.prices`): the next batch prices with
+        it. A model it prices is forgotten as unpriced, so losing its price is reported again."""
+        self.catalog = catalog
+        self._unpriced = {m: None for m in self._unpriced if catalog.lookup(m) is None}
+
+    def _unpriced_model(self, ev: UsageEvent, tokens: int, out: EngineOutput) -> None:
+        """The first event of a model the catalog cannot price: it is counted in tokens and at $0,
+        and said once (a `notify`). Its id is the model's, so a replay, a restart or another
+        partition repeats the same decision; past UNPRICED_MEMORY models the oldest is forgotten."""
+        self._unpriced[ev.model] = None
+        if len(self._unpriced) > UNPRICED_MEMORY:
+            del self._unpriced[next(iter(self._unpriced))]
+        message = (f"Model {ev.model} ({ev.provider}) has no price in the catalog: agent {ev.agent_id} used "
+                   f"{tokens} tokens priced $0; publish one with `budgetwarden prices publish FILE`")
+        self._decided(Decision(
+            decision_id=Emitter.id_of("unpriced_model", "model", ev.model, 0), ts_ms=self.now_ms(),
+            rule="unpriced_model", severity="P3", action="notify", scope="model", subject=ev.model, observed=tokens,
+            limit=0, unit="tokens", window="catalog", message=message[:1024], trigger_event_id=ev.event_id,
+            policy_version=self.config.version, agent_id=ev.agent_id), out)
 
     def _pending_dim(self, dkey: tuple[int, str, str]) -> _Pending:
         dim = self.dims.get(dkey)
