@@ -180,7 +180,8 @@ def run(settings: WorkerSettings, topic_prefix: str = "", parent_pid: int | None
     A sink alone runs under a plain `mode.Worker`: a Faust app, even without agents, would join
     the processors' consumer group and take partitions of `usage.events` nobody processes."""
     die_with_parent(parent_pid)
-    asyncio.run(ensure_topics(settings.bootstrap, Topics(topic_prefix), settings.partitions, settings.kafka))
+    asyncio.run(ensure_topics(settings.bootstrap, Topics(topic_prefix), settings.partitions, settings.kafka,
+                              settings.replication_factor, settings.min_insync_replicas))
     log.info("worker.starting", **settings.describe())
     options: dict[str, Any] = {"loglevel": logging.WARNING, "quiet": True, "redirect_stdouts": False,
                                "loop": asyncio.new_event_loop()}

@@ -14,8 +14,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from schemas.errors import ConfigError
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 
@@ -67,9 +68,22 @@ def describe(options: dict[str, Any]) -> dict[str, str]:
     return {k: ("set" if k in {"sasl_plain_password", "ssl_context"} else str(v)) for k, v in options.items()}
 
 
+def check_replication(replication_factor: int, min_insync_replicas: int | None) -> None:
+    """ConfigError for a pair no write could satisfy: acks=all needs min.insync.replicas in-sync copies."""
+    if min_insync_replicas and min_insync_replicas > replication_factor:
+        raise ConfigError("BUDGETWARDEN_MIN_INSYNC_REPLICAS", f"{min_insync_replicas} is more than the replication "
+                          f"factor {replication_factor}: every acknowledged write would be refused")
+
+
 async def ensure_topics(bootstrap: str, topics: Topics = Topics(), partitions: int = DEFAULT_PARTITIONS,
-                        security: KafkaSecurity = KafkaSecurity()) -> dict[str, str]:
-    """Create the missing topics of `topics.specs()`; returns name -> "created" | "exists". Idempotent."""
+                        security: KafkaSecurity = KafkaSecurity(), replication_factor: int = 1,
+                        min_insync_replicas: int | None = None) -> dict[str, str]:
+    """Create the missing topics of `topics.specs()`; returns name -> "created" | "exists". Idempotent:
+    an existing topic keeps its replicas (raise them with kafka-reassign-partitions). One local
+    broker takes a replication factor of 1; production wants 3 with `min_insync_replicas` 2, so an
+    acknowledged write (acks=all) survives the loss of a broker (README, Production)."""
+    check_replication(replication_factor, min_insync_replicas)
+    extra = {"min.insync.replicas": str(min_insync_replicas)} if min_insync_replicas else {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_options())
     result: dict[str, str] = {}
     try:
@@ -79,11 +93,18 @@ async def ensure_topics(bootstrap: str, topics: Topics = Topics(), partitions: i
             if spec.name in existing:
                 result[spec.name] = "exists"
                 continue
-            try:
-                await admin.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config)])
-                result[spec.name] = "created"
-            except TopicAlreadyExistsError:
+            response = await admin.create_topics([NewTopic(spec.name, spec.partitions, replication_factor,
+                                                           topic_configs={**spec.config, **extra})])
+            # the admin client returns the broker's per-topic errors instead of raising them
+            # (a refused replication factor read as "created")
+            [(_, code, *message)] = response.topic_errors
+            error = for_code(code)
+            if error is TopicAlreadyExistsError:
                 result[spec.name] = "exists"
+            elif code:
+                raise error(f"{spec.name}: {message[0] if message and message[0] else error.__name__}")
+            else:
+                result[spec.name] = "created"
     finally:
         await admin.close()
     return result

@@ -67,14 +67,31 @@ def register(app: typer.Typer) -> None:
     def topics_create(
         bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap host:port (env KAFKA_BOOTSTRAP)")] = "",
         partitions: Annotated[int, typer.Option(min=1)] = 4,
+        replication_factor: Annotated[int | None, typer.Option(
+            min=1, help="Replicas of each topic (env BUDGETWARDEN_REPLICATION_FACTOR, default 1; 3 in production)")] = None,
+        min_insync_replicas: Annotated[int | None, typer.Option(
+            min=1, help="min.insync.replicas of each topic (env BUDGETWARDEN_MIN_INSYNC_REPLICAS; 2 with 3 replicas)")] = None,
     ) -> None:
         """Create the contract's topics (budget.policies compacted) and the internal rollups; existing ones are kept."""
         from schemas.topics import Topics
-        from streams.kafka import ensure_topics
+        from aiokafka.errors import BrokerResponseError
 
+        from schemas.errors import ConfigError
+        from streams.kafka import check_replication, ensure_topics
+
+        env = environment()
+        replicas = replication_factor or env.replication_factor
+        insync = min_insync_replicas or env.min_insync_replicas
+        try:
+            check_replication(replicas, insync)
+        except ConfigError as err:
+            fail(str(err))
         try:
             quiet_kafka_client()
-            result = asyncio.run(ensure_topics(bootstrap or default_bootstrap(), Topics(), partitions, environment().kafka))
+            result = asyncio.run(ensure_topics(bootstrap or default_bootstrap(), Topics(), partitions, env.kafka,
+                                               replicas, insync))
+        except BrokerResponseError as err:  # the broker answered: no (a replication factor above its broker count)
+            fail(f"the broker refused a topic: {err}", 1)
         except Exception as err:  # noqa: BLE001 - report any client error in one line
             broker_failed("create topics on", bootstrap or default_bootstrap(), err)
         for name, outcome in result.items():
