@@ -44,6 +44,8 @@ ENV_VARS: dict[str, str] = {
     "BUDGETWARDEN_API_TOKEN": "bearer token every `/api/...` call needs (secret: never logged; at least 16 characters); "
                               "unset: one generated at first start into `<data-dir>/api-token` (mode 0600)",
     "BUDGETWARDEN_ACTOR": "who `budget set`, `unset` and `delete` record as the author of a change (default: the OS user)",
+    "BUDGETWARDEN_PRICES": "the worker's price catalog: a prices.json-shaped file or LiteLLM's "
+                           "model_prices_and_context_window.json (default: the packaged catalog)",
     "BUDGETWARDEN_QUERY_TIMEOUT_S": "seconds one API or CLI query may run (ClickHouse max_execution_time; default 10)",
     "BUDGETWARDEN_QUERY_MAX_MEMORY": "bytes one API or CLI query may use (ClickHouse max_memory_usage; default 2000000000)",
     "BUDGETWARDEN_QUERY_MAX_ROWS": "rows one API or CLI query may return (ClickHouse max_result_rows; default 100000)",
@@ -112,6 +114,7 @@ class Environment:
     query_limits: QueryLimits = QueryLimits()
     replication_factor: int = 1
     min_insync_replicas: int | None = None
+    prices_path: Path | None = None
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -143,6 +146,7 @@ class Environment:
             parent_pid=_int(env, PARENT_PID_VAR),
             actor=get("BUDGETWARDEN_ACTOR", "").strip() or _os_user(),
             api_token=_api_token(env),
+            prices_path=Path(get("BUDGETWARDEN_PRICES")) if get("BUDGETWARDEN_PRICES") else None,
             query_limits=QueryLimits(
                 timeout_s=_positive(env, "BUDGETWARDEN_QUERY_TIMEOUT_S") or QueryLimits.timeout_s,
                 max_memory_bytes=_positive(env, "BUDGETWARDEN_QUERY_MAX_MEMORY") or QueryLimits.max_memory_bytes,
@@ -191,6 +195,7 @@ class WorkerSettings:
 
     bootstrap: str = DEFAULT_BOOTSTRAP
     rules_path: Path | None = None
+    prices_path: Path | None = None  # None: the packaged catalog
     data_dir: Path = Path("var")
     clickhouse_url: str | None = field(default=None, repr=False)
     http_host: str = "127.0.0.1"
@@ -229,6 +234,7 @@ class WorkerSettings:
             "bootstrap": e.bootstrap, "data_dir": e.data_dir, "clickhouse_url": e.clickhouse_url,
             "http_host": e.http_host, "http_port": e.http_port, "control_key": e.control_key, "kafka": e.kafka,
             "ttl_days": e.ttl_days, "rollup_ttl_days": e.rollup_ttl_days, "api_token": e.api_token,
+            "prices_path": e.prices_path,
             "query_limits": e.query_limits, "replication_factor": e.replication_factor,
             "min_insync_replicas": e.min_insync_replicas,
         }
