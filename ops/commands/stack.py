@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ops.commands.common import console, err_console, fail
+from ops.commands.common import console, err_console, fail, print_json
 from ops.kafka.broker import BrokerError
 from ops.stack import Stack, StackError, StackRunning
 
@@ -47,6 +49,77 @@ def register(app: typer.Typer) -> None:
         console.print(", ".join(f"{name}: {'stopped' if was else 'not running'}" for name, was in stopped.items()))
 
     @app.command("ps")
-    def ps(data_dir: DataDir = Path("var")) -> None:
-        """What of the local stack runs."""
-        console.print_json(json.dumps(Stack(data_dir=data_dir).status()))
+    def ps(
+        data_dir: DataDir = Path("var"),
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
+    ) -> None:
+        """What of the local stack runs: broker, worker, liveness (/healthz), readiness (/readyz) and consumer lag."""
+        status = {**Stack(data_dir=data_dir).status(), **worker_health(data_dir)}
+        if as_json:
+            print_json(status)
+            return
+        console.print(health_text(status), highlight=False)
+
+
+def _probe(url: str) -> tuple[int | None, Any]:
+    """GET one of the worker's public endpoints: (HTTP status, body: JSON or text); (None, None) when
+    nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # /readyz answers 503 with its checks
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return None, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def worker_health(data_dir: Path) -> dict[str, Any]:
+    """The running worker's liveness, readiness (with its checks) and consumer lag, from its public
+    `/healthz`, `/readyz` and `/metrics` (no token needed); None where no worker answers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sinks.access import owner_url
+    from streams.settings import WorkerSettings
+
+    url = owner_url(WorkerSettings(data_dir=data_dir))
+    out: dict[str, Any] = {"live": None, "ready": None, "checks": {}, "lag": None}
+    if url is None:
+        return out
+    live, _ = _probe(f"{url}/healthz")
+    out["live"] = live == 200
+    code, ready = _probe(f"{url}/readyz")
+    if isinstance(ready, dict):
+        out["ready"], out["checks"] = code == 200, ready.get("checks", {})
+    code, text = _probe(f"{url}/metrics")
+    if code == 200 and isinstance(text, str):
+        partitions = [{"topic": s.labels["topic"], "partition": int(s.labels["partition"]), "lag": int(s.value)}
+                      for family in text_string_to_metric_families(text) if family.name == "budgetwarden_consumer_lag"
+                      for s in family.samples]
+        out["lag"] = {"total": sum(p["lag"] for p in partitions), "partitions": partitions}
+    return out
+
+
+def health_text(status: dict[str, Any]) -> str:
+    """`ps` for people: one line per part, what fails named."""
+    def yes(value: bool | None) -> str:
+        return "-" if value is None else ("yes" if value else "no")
+
+    failing = [name for name, ok in status["checks"].items() if not ok]
+    lag = status["lag"]
+    by_topic: dict[str, int] = {}
+    for p in (lag or {}).get("partitions", []):
+        by_topic[p["topic"]] = by_topic.get(p["topic"], 0) + p["lag"]
+    lines = [
+        f"broker     {status['kafka'] or 'not running'}",
+        f"worker     {'pid ' + str(status['worker_pid']) if status['worker_pid'] else 'not running'}",
+        f"live       {yes(status['live'])}",
+        f"ready      {yes(status['ready'])}" + (f"  (failing: {', '.join(failing)})" if failing else ""),
+        f"lag        {'-' if lag is None else lag['total']}"
+        + (f"  ({', '.join(f'{t} {n}' for t, n in sorted(by_topic.items()))})" if by_topic else ""),
+        f"dashboard  {status['dashboard'] or '-'}",
+    ]
+    return "\n".join(lines)
