@@ -42,9 +42,10 @@ def test_set_keeps_what_it_does_not_change(kafka_bootstrap: str, actor: str, tmp
     where = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topics.prefix]
     agent = "support-bot-it"
 
-    cli("budget", "set", "--agent", agent, "--criticality", "critical", "--hourly-tokens", "40000", *where)
+    # a new agent (no usage, no rules entry): --force; the second set finds its live override
+    cli("budget", "set", "--agent", agent, "--criticality", "critical", "--hourly-tokens", "40000", "--force", *where)
     out = cli("budget", "set", "--agent", agent, "--daily-tokens", "750000", "--reason", "launch week", *where)
-    assert "daily_tokens: 1000000 → 750000" in out  # the shipped default_agent's daily limit before
+    assert "daily_tokens: 1,000,000 → 750,000" in out  # the shipped default_agent's daily limit before
 
     base = load_rules(None)
     limits = asyncio.run(effective_config(kafka_bootstrap, base, topics)).agent_limits(agent)
