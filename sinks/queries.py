@@ -11,7 +11,7 @@ with a `usd` 9-decimal string next to it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,13 +46,13 @@ def _column(dimension: str) -> str:
 
 
 def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, str] | None = None,
-              dim: str | None = None) -> list[Row]:
+              dim: str | None = None, by_task: bool = False) -> list[Row]:
     """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled
     in, and `({usage})` (the window's usage from rollups and raw rows, `usage_source`)."""
     sql = sql_text(name)
     if "({usage})" in sql:
-        raw_only = dim in RAW_DIMENSIONS or any(d in RAW_DIMENSIONS for d in filters or {})
-        sql = sql.replace("({usage})", f"({usage_source(store, params, raw_only)})")
+        keys = {d for d in (dim, *(filters or {})) if d is not None}
+        sql = sql.replace("({usage})", f"({usage_source(store, params, keys, by_task)})")
     sql = sql.replace("{db}", store.database)
     clauses = []
     for dimension, value in (filters or {}).items():
@@ -66,7 +66,13 @@ def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[
 
 
 # rollups ----------------------------------------------------------------------------------
-RAW_DIMENSIONS = frozenset({"task", "session"})  # not in the rollups (as many keys as raw rows)
+CUBE_KEYS = frozenset({"agent", "model", "user", "team", "provider"})  # rollup_hourly / rollup_daily
+TASK_KEYS = frozenset({"task", "session", "agent", "user", "team"})  # rollup_tasks_hourly
+_HOURLY = {  # the hourly part of sql/usage_source.sql: its table, its keys, its distinct tasks
+    "cube": ("rollup_hourly", "agent_id, model, user_id, team, provider, '' AS task_id, '' AS session_id", "tasks"),
+    "task": ("rollup_tasks_hourly", "agent_id, '' AS model, user_id, team, '' AS provider, task_id, session_id",
+             "arrayReduce('uniqExactStateIf', [task_id], [task_id != '']) AS tasks"),
+}
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
@@ -91,15 +97,21 @@ def split_range(start: int, end: int, mark: int, daily: bool, hourly: bool) -> t
     return [(day_first, day_last)], hours, raw
 
 
-def usage_source(store: Store, params: Mapping[str, Any], raw_only: bool = False) -> str:
+def usage_source(store: Store, params: Mapping[str, Any], keys: Iterable[str] = (), tasks: bool = False) -> str:
     """`sql/usage_source.sql` for the query's window [start_ms, end_ms) (split at start_ms
-    when the query compares it with [prev_start_ms, start_ms)). UTC days are used only when
-    the query groups by nothing finer than its window or its time zone is UTC, hours only when
-    the zone's offset is whole hours (a local midnight is then an hour start)."""
+    when the query compares it with [prev_start_ms, start_ms)), for a query grouping or
+    filtering on `keys` (dimensions; `tasks`: it groups by task). The per-model cube serves
+    agent/model/user/team/provider, the per-task hours task/session/agent/user/team, raw rows
+    anything else. UTC days are used only when the query groups by nothing finer than its
+    window or its time zone is UTC, hours only when the zone's offset is whole hours (a local
+    midnight is then an hour start)."""
+    wanted = set(keys) | ({"task"} if tasks else set())
+    grain = "cube" if wanted <= CUBE_KEYS else ("task" if wanted <= TASK_KEYS else "raw")
+    raw_only = grain == "raw"
     start, end = int(params["start_ms"]), int(params["end_ms"])
     spans = [(int(params["prev_start_ms"]), start), (start, end)] if "prev_start_ms" in params else [(start, end)]
     zone = params.get("tz")
-    daily = zone is None or zone == "UTC"
+    daily = grain == "cube" and (zone is None or zone == "UTC")
     hourly = not raw_only and (zone is None or all(
         (ZoneInfo(zone).utcoffset(dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)) or dt.timedelta()).total_seconds()
         % 3600 == 0 for span in spans for ms in span))
@@ -119,6 +131,8 @@ def usage_source(store: Store, params: Mapping[str, Any], raw_only: bool = False
         return " OR ".join(parts) or "0"
 
     text = "\n".join(line for line in sql_text("usage_source").splitlines() if not line.startswith("--"))
+    table, hourly_keys, hourly_tasks = _HOURLY["task" if grain == "task" else "cube"]
+    text = text.replace("{hourly_table}", table).replace("{hourly_keys}", hourly_keys).replace("{hourly_tasks}", hourly_tasks)
     return (text.replace("{daily_ranges}", where(days, "bucket"))
             .replace("{hourly_ranges}", where(hours, "bucket")).replace("{raw_ranges}", where(raw, "ts")))
 
@@ -229,7 +243,7 @@ def task_distribution(store: Store, period: str = "day", filters: Mapping[str, s
                       now_ms: int | None = None,
                       calendar: Calendar | None = None) -> Row:
     """Cost per task: p50/p90/p99/max and the share of spend in the top 1% of tasks."""
-    row = run_named(store, "task_distribution", bounds(query_window(period, now_ms, calendar)), filters)[0]
+    row = run_named(store, "task_distribution", bounds(query_window(period, now_ms, calendar)), filters, by_task=True)[0]
     tasks, total = int(row["tasks"]), int(row["total_nano"])
     q = [int(v) for v in row["q"]] if tasks else [0, 0, 0]
     top1 = int(row["top1pct_nano"])

@@ -30,8 +30,8 @@ def _floor(ms: int, step: int) -> int:
 
 
 class Rollups:
-    """Keeps `rollup_hourly` / `rollup_daily` and the watermark (one per writer; idempotent,
-    so two writers after a rebalance only repeat each other's work)."""
+    """Keeps `rollup_hourly`, `rollup_tasks_hourly`, `rollup_daily` and the watermark (one
+    per writer; idempotent, so two writers after a rebalance only repeat each other's work)."""
 
     def __init__(self, raw_ttl_days: int | None = None) -> None:
         # raw rows older than the TTL may be gone: rebuilding their hours would shrink them
@@ -69,6 +69,7 @@ class Rollups:
 
     def rebuild_hours(self, store: Store, start_ms: int, end_ms: int, built_ms: int) -> None:
         store.command(_filled("rollup_hours", store, start_ms, end_ms, built_ms))
+        store.command(_filled("rollup_task_hours", store, start_ms, end_ms, built_ms))
 
     def rebuild_days(self, store: Store, start_ms: int, end_ms: int, built_ms: int) -> None:
         store.command(_filled("rollup_days", store, start_ms, end_ms, built_ms))

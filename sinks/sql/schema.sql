@@ -211,6 +211,35 @@ PARTITION BY toYYYYMM(bucket)
 ORDER BY (bucket, agent_id, model, user_id, team, provider)
 {rollup_ttl};
 
+-- The same per task and session (their own table: as many keys as tasks, so the per-model
+-- cube above stays small): `top --by task|session` and the task distribution read it.
+CREATE TABLE IF NOT EXISTS {db}.rollup_tasks_hourly
+(
+    bucket DateTime('UTC'),
+    task_id String,
+    session_id String,
+    agent_id LowCardinality(String),
+    user_id LowCardinality(String),
+    team LowCardinality(String),
+    events UInt64,
+    errors UInt64,
+    unpriced_events UInt64,
+    input_tokens UInt64,
+    output_tokens UInt64,
+    cache_read_tokens UInt64,
+    cache_write_tokens UInt64,
+    cache_write_1h_tokens UInt64,
+    tokens UInt64,
+    nano_usd Int64,
+    cache_savings_nano Int64,
+    cache_write_premium_nano Int64,
+    built_ms Int64
+)
+ENGINE = ReplacingMergeTree(built_ms)
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (bucket, task_id, session_id, agent_id, user_id, team)
+{rollup_ttl};
+
 -- Everything strictly before rolled_until_ms (an hour start) is in rollup_hourly, and every
 -- whole UTC day before it in rollup_daily. It only grows; readers take max().
 CREATE TABLE IF NOT EXISTS {db}.rollup_state

@@ -1,6 +1,7 @@
 -- Cost per task: exact percentiles (ClickHouse quantileExact: the value at index
 -- floor(level * n) of the sorted costs) and the share of spend in the top 1% of tasks
--- (ceil(n / 100) most expensive). A fat tail means loops.
+-- (ceil(n / 100) most expensive). A fat tail means loops. The usage source gives each task's
+-- cost per hour (sql/usage_source.sql, rollup_tasks_hourly), summed here per task.
 SELECT
     count() AS tasks,
     sum(cost) AS total_nano,
@@ -10,7 +11,7 @@ SELECT
 FROM
 (
     SELECT task_id, sum(nano_usd) AS cost
-    FROM {db}.usage_events FINAL
-    WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') AND task_id != '' {filters}
+    FROM ({usage})
+    WHERE task_id != '' {filters}
     GROUP BY task_id
 )

@@ -77,7 +77,11 @@ def answers(store: ChdbStore, tz: str) -> dict[str, Any]:
             out[f"top {by} {period}"] = q.top(store, by, period, 50, None, NOW, cal)
         out[f"usage {period}"] = q.usage(store, period, "model", 20, None, NOW, cal)
         out[f"usage {period} team"] = q.usage(store, period, "agent", 20, {"team": "t1"}, NOW, cal)
-        out[f"usage {period} task"] = q.usage(store, period, "model", 20, {"task": "T7"}, NOW, cal)
+        out[f"usage {period} task"] = q.usage(store, period, "model", 20, {"task": "T7"}, NOW, cal)  # raw rows
+        out[f"top task {period} agent"] = q.top(store, "task", period, 50, {"agent": "a3"}, NOW, cal)  # task hours
+        out[f"usage {period} session"] = q.usage(store, period, "agent", 20, {"session": "s5"}, NOW, cal)
+        out[f"tasks {period}"] = q.task_distribution(store, period, None, NOW, cal)
+        out[f"tasks {period} team"] = q.task_distribution(store, period, {"team": "t2"}, NOW, cal)
         out[f"cache {period}"] = q.cache_report(store, period, None, NOW, cal)
         out[f"drift {period}"] = q.model_drift(store, period, None, NOW, cal)
     out["burn"] = q.burn(store, NOW, calendar=cal)
@@ -91,6 +95,8 @@ def test_rollup_answers_equal_raw_answers(store: ChdbStore, tz: str, monkeypatch
     assert q.rollup_watermark(store) == NOW - NOW % HOUR_MS
     source = q.usage_source(store, {"start_ms": NOW - 30 * DAY, "end_ms": NOW})
     assert "rollup_daily FINAL\nWHERE (bucket" in source and "rollup_hourly FINAL\nWHERE (bucket" in source
+    by_task = q.usage_source(store, {"start_ms": NOW - 30 * DAY, "end_ms": NOW}, ["agent"], tasks=True)
+    assert "rollup_tasks_hourly FINAL\nWHERE (bucket" in by_task and "rollup_daily FINAL\nWHERE 0" in by_task
     from_rollups = answers(store, tz)
     monkeypatch.setattr(q, "rollup_watermark", lambda _store: 0)  # today's path: raw rows only
     assert "rollup_daily FINAL\nWHERE 0" in q.usage_source(store, {"start_ms": NOW - 30 * DAY, "end_ms": NOW})

@@ -104,7 +104,7 @@ def rolled(store: ChdbStore, table: str, dim: str, before_ms: int) -> dict[tuple
 
 
 def assert_rollups_exact(store: ChdbStore, before_ms: int) -> None:
-    """Hourly and daily rollups below the watermark equal the deduplicated raw sums, per dimension."""
+    """Hourly, daily and per-task rollups below the watermark equal the deduplicated raw sums, per dimension."""
     for dim in ("agent_id", "model", "user_id", "team"):
         raw = {k: v for k, v in by_hour(store, dim).items() if k[0] * 1000 < before_ms}
         assert rolled(store, "rollup_hourly", dim, before_ms) == raw
@@ -116,6 +116,10 @@ def assert_rollups_exact(store: ChdbStore, before_ms: int) -> None:
                 for n, v in sums.items():
                     acc[n] += v
         assert rolled(store, "rollup_daily", dim, before_ms) == daily
+    raw_tasks = store.query(f"SELECT toUnixTimestamp(toStartOfHour(ts)) AS b, task_id AS k, {SUMS} FROM "
+                            f"{store.database}.usage_events FINAL WHERE ts_ms < {before_ms} GROUP BY b, k")
+    assert rolled(store, "rollup_tasks_hourly", "task_id", before_ms) == {
+        (int(r["b"]), r["k"]): {n: int(r[n]) for n in ("events", "tokens", "nano_usd", "errors")} for r in raw_tasks}
     tasks_raw = store.query(f"SELECT uniqExactIf(task_id, task_id != '') AS n FROM {store.database}.usage_events FINAL "
                             f"WHERE ts_ms < {before_ms}")[0]["n"]
     tasks_rolled = store.query(f"SELECT uniqExactMerge(tasks) AS n FROM {store.database}.rollup_hourly FINAL")[0]["n"]
