@@ -143,6 +143,29 @@ def bench_client(
           f"(command produced -> TaskKilled caught; {result['kills']} kills; target < 1000 ms)")
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    spans: Annotated[int, typer.Option("--spans", min=1000, help="GenAI spans posted to /v1/traces.")] = 200_000,
+    events: Annotated[int, typer.Option("--events", min=1000, help="Events posted to /v1/usage, and published by the client.")] = 200_000,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=5000, help="Spans or events per HTTP request.")] = 1000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="HTTP requests in flight.")] = 4,
+    bootstrap: BootstrapOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Spans/s through the OTLP receiver and events/s through /v1/usage to the topic (acknowledged),
+    next to the Python client's publisher in the same run."""
+    from ops.bench.ingest import run
+
+    result = run(spans, events, batch, concurrency, bootstrap, progress)
+    if as_json:
+        emit_json(result)
+        return
+    print(f"otlp:    {result['otlp_spans_per_s']:>9,} spans/s   ({result['otlp_spans']:,} spans, /v1/traces protobuf)")
+    print(f"http:    {result['http_events_per_s']:>9,} events/s  ({result['http_events']:,} events, /v1/usage JSON Lines)")
+    print(f"client:  {result['client_events_per_s']:>9,} events/s  ({result['client_events']:,} events, BudgetClient)")
+    print(f"({result['batch']} per request, {result['concurrency']} in flight; target: each >= 20,000/s)")
+
+
 @bench_app.command("admission")
 def bench_admission(
     agents: Annotated[int, typer.Option("--agents", min=1, help="Agents sharing the budget.")] = 50,
