@@ -49,8 +49,8 @@ from streams.windows import Counter
 PERIOD_LIMITS = {"day": "daily_tokens", "week": "weekly_tokens", "month": "monthly_tokens"}
 Subject = tuple[str, str]  # (scope, subject): ("agent", "bot-1"), ("user", "u-1"), ("team", "t"), ("global", "")
 
-DEFAULT_LEASE_MS = 30_000
-DEFAULT_SETTLE_GRACE_MS = 10_000
+DEFAULT_LEASE_MS = 10_000  # renewed every ~7 s while used; a restarted service is quiet for lease + grace
+DEFAULT_SETTLE_GRACE_MS = 5_000  # usage reaches the ledger well within this
 DEFAULT_SHARES = 4
 DEFAULT_FLOOR = 2_000
 

@@ -22,8 +22,9 @@ the client's allowance (`allowance.Wallet`, granted by the worker's granting ser
 background when the allowance runs low; the call path never waits on the network, except by
 this rule: when the allowance cannot cover the estimate and the service has not said the
 budget is exhausted, the call waits for the pending answer up to `admission_wait_s`; if none
-comes in that time it proceeds unadmitted (`stats["unadmitted"]`), and later calls proceed
-without waiting until the service answers again. With a final answer it raises
+comes in that time, or the answer granted nothing without being final (a service in its
+quiet time), it proceeds unadmitted (`admission_stats["unadmitted"]`), and later calls
+proceed without waiting until the service grants again. With a final answer it raises
 `BudgetExceeded` naming the budget.
 
 Control loss (`on_control_loss`): when the state and control feed has not been heard for
@@ -238,7 +239,8 @@ class BudgetClient:
         self.reserved: deque[int] = deque()  # admission: outside tasks, as `TaskScope.reserved`
         self.admission_stats = {"admitted": 0, "refused": 0, "unadmitted": 0, "asks": 0, "grants": 0}
         self._answered = asyncio.Event()
-        self._service_silent = False
+        self._no_wait = False  # the service is silent, or answered "nothing now" (quiet): proceed at once
+        self._last_ask = (0, False)  # the newest request: its ts_ms, and whether it asked for tokens
         self._requests: Sender | None = None
         if admission:
             self._requests = admission_sender or KafkaSender(bootstrap, topics.admission_requests, **options)
@@ -426,12 +428,12 @@ class BudgetClient:
                 raise BudgetExceeded(refusal.scope, refusal.subject, refusal.remaining, estimate, refusal.period)
             loop = asyncio.get_running_loop()
             if deadline is None:
-                deadline = loop.time() + (0.0 if self._service_silent else self.admission_wait_s)
+                deadline = loop.time() + (0.0 if self._no_wait else self.admission_wait_s)
             left = deadline - loop.time()
             if left <= 0:
-                if not self._service_silent:
+                if not self._no_wait:
                     log.warning("client.admission.silent", agent_id=self.agent_id, waited_s=self.admission_wait_s)
-                self._service_silent = True
+                self._no_wait = True
                 self.admission_stats["unadmitted"] += 1
                 return
             self._answered.clear()
@@ -442,9 +444,11 @@ class BudgetClient:
 
     def _request(self, asked: int, returned: int = 0) -> AdmissionRequest:
         assert self.wallet is not None
-        return AdmissionRequest(holder=self.holder, agent_id=self.agent_id, ts_ms=self.wallet.asking(),
-                                user_id=self.user_id, team=self.team, asked=min(asked, MAX_TOKENS),
-                                returned=min(returned, MAX_TOKENS))
+        request = AdmissionRequest(holder=self.holder, agent_id=self.agent_id, ts_ms=self.wallet.asking(),
+                                   user_id=self.user_id, team=self.team, asked=min(asked, MAX_TOKENS),
+                                   returned=min(returned, MAX_TOKENS))
+        self._last_ask = (request.ts_ms, asked > 0)
+        return request
 
     def _ask_if_due(self) -> None:
         """Ask for more in the background when the wallet says so (never awaited on the call path)."""
@@ -480,7 +484,10 @@ class BudgetClient:
             return
         self.wallet.granted(grant, grant.request_ts_ms)
         self.admission_stats["grants"] += 1
-        self._service_silent = False
+        if grant.granted or grant.final:
+            self._no_wait = False
+        elif self._last_ask == (grant.request_ts_ms, True):  # it asked for tokens and got none: a quiet service
+            self._no_wait = True
         self._answered.set()
 
     def _settle(self, owner: TaskScope | BudgetClient, used: int) -> None:
@@ -511,7 +518,7 @@ class BudgetClient:
             refusal = self.wallet.refusal
             out["admission"] = {**self.admission_stats, "balance": self.wallet.balance,
                                 "refused_by": f"{refusal.scope}:{refusal.subject}:{refusal.period}" if refusal else None,
-                                "service_silent": self._service_silent}
+                                "proceeding_unadmitted": self._no_wait}
         return out
 
     def model_for(self, model: str) -> str:

@@ -32,8 +32,8 @@ class BudgetExceeded(BudgetwardenError):
 
     def __init__(self, scope: str, subject: str, remaining: int, estimate: int, period: str = "day") -> None:
         name = f"{scope} {subject!r}" if subject else scope
-        super().__init__(f"{period} token budget of {name} exhausted: {remaining} tokens remain "
-                         f"(held by other clients or too few), this call needs {estimate}")
+        super().__init__(f"{period} token budget of {name} has nothing left to grant ({remaining} tokens unspent "
+                         f"as last counted, all held in allowances); this call needs {estimate}")
         self.scope = scope
         self.subject = subject
         self.period = period

@@ -112,3 +112,21 @@ async def test_a_waiting_agent_resumes_when_the_feed_is_heard_again(tmp_path: Pa
     assert not waiting.done()
     bw.feed.alive()
     await asyncio.wait_for(waiting, 3)
+
+
+async def test_a_quiet_service_is_not_waited_for_but_a_renewal_answer_changes_nothing(tmp_path: Path) -> None:
+    asks = FakeSender()
+    bw = BudgetClient("unused:9092", "bot", follow_control=False, spill_dir=tmp_path, sender=FakeSender(),
+                      admission=True, admission_sender=asks, admission_wait_s=5.0)
+    await bw.start()
+    await asyncio.sleep(0.01)
+    first = decode_admission_request(asks.messages[0][1])
+    bw.on_grant(_grant(bw, 0, first))  # "nothing now", not final: the service is in its quiet time
+    started = time.perf_counter()
+    await bw.before_call(estimated_tokens=100)
+    assert time.perf_counter() - started < 1.0 and bw.admission_stats["unadmitted"] == 1
+    bw.on_grant(_grant(bw, 1_000, first))
+    renewal = bw._request(0)  # a renewal asks for nothing: its empty answer is no sign of a quiet service
+    bw.on_grant(_grant(bw, 0, renewal))
+    assert bw.health()["admission"]["proceeding_unadmitted"] is False
+    await bw.close()
