@@ -86,6 +86,7 @@ class Ledger:
     outstanding: dict[Subject, int] = field(default_factory=dict)
     counters: dict[Subject, Counter] = field(default_factory=dict)
     quiet_until_ms: int = 0
+    lapsed_at_ms: int = 0
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "granted": 0, "final": 0, "lapsed": 0})
 
     def __post_init__(self) -> None:
@@ -182,7 +183,11 @@ class Ledger:
                               remaining=max(0, limit - self.spent((scope, name), period, now)))
 
     def lapse(self, now: int) -> None:
-        """Forget leases past their expiry and the settle grace: their unused rest is free again."""
+        """Forget leases past their expiry and the settle grace: their unused rest is free again.
+        A sweep over every lease, so at most once a second (a lease lives on for that much more)."""
+        if now - self.lapsed_at_ms < 1_000:
+            return
+        self.lapsed_at_ms = now
         gone = [h for h, lease in self.leases.items() if lease.expires_ms + self.settle_grace_ms <= now]
         for holder in gone:
             lease = self.leases.pop(holder)

@@ -69,6 +69,7 @@ from streams.settings import Environment
 log = structlog.get_logger(__name__)
 
 _KILLED_MEMORY = 1_000
+_RESERVED_MEMORY = 256  # open reservations per task scope (or outside tasks)
 
 Callback = Callable[[ControlCommand], Awaitable[None] | None]
 _current_scope: contextvars.ContextVar[TaskScope | None] = contextvars.ContextVar("budgetwarden_task", default=None)
@@ -419,6 +420,8 @@ class BudgetClient:
         while True:
             self._ask_if_due()
             if wallet.reserve(estimate):
+                if len(owner.reserved) >= _RESERVED_MEMORY:  # calls never recorded: their reservations stay spent
+                    owner.reserved.popleft()
                 owner.reserved.append(estimate)
                 self.admission_stats["admitted"] += 1
                 return
