@@ -241,7 +241,7 @@ class ControlSubscriber:
                 await asyncio.sleep(0.5)
                 continue
             for tp, records in batches.items():
-                handle = self._also.get(tp.topic, self.handle_raw)
+                handle = self._also.get(tp[0], self.handle_raw)  # a TopicPartition is a (topic, partition) tuple
                 for record in records:
                     try:
                         handle(record.value)
