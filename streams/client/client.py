@@ -404,11 +404,15 @@ class BudgetClient:
         scope = self.current_task()
         if scope is not None:
             scope.check()
-        await self._obey()
+        if self.state.pause is not None or self.state.throttle is not None or self._blind():
+            await self._obey()  # nothing in force (the usual case) needs no coroutine
+        owner = scope or self
         if estimated_tokens is not None:
-            (scope or self).call_estimate = estimated_tokens
+            owner.call_estimate = estimated_tokens
         if self.wallet is not None:
-            await self.admit_call(scope or self, estimated_tokens)
+            estimate = estimated_tokens if estimated_tokens is not None else self.wallet.estimate()
+            if not self._reserved(owner, estimate):
+                await self.admit_call(owner, estimate)
 
     # admission ------------------------------------------------------------------------------
     async def admit_call(self, owner: TaskScope | BudgetClient, estimated_tokens: int | None = None) -> None:
@@ -417,14 +421,7 @@ class BudgetClient:
         assert wallet is not None
         estimate = estimated_tokens if estimated_tokens is not None else wallet.estimate()
         deadline: float | None = None
-        while True:
-            self._ask_if_due()
-            if wallet.reserve(estimate):
-                if len(owner.reserved) >= _RESERVED_MEMORY:  # calls never recorded: their reservations stay spent
-                    owner.reserved.popleft()
-                owner.reserved.append(estimate)
-                self.admission_stats["admitted"] += 1
-                return
+        while not self._reserved(owner, estimate):
             refusal = wallet.refusal
             if refusal is not None:
                 self.admission_stats["refused"] += 1
@@ -444,6 +441,18 @@ class BudgetClient:
                 await asyncio.wait_for(self._answered.wait(), left)
             except asyncio.TimeoutError:
                 pass
+
+    def _reserved(self, owner: TaskScope | BudgetClient, estimate: int) -> bool:
+        """Reserve `estimate` from the allowance held, asking ahead when due; False: not covered."""
+        assert self.wallet is not None
+        self._ask_if_due()
+        if not self.wallet.reserve(estimate):
+            return False
+        if len(owner.reserved) >= _RESERVED_MEMORY:  # calls never recorded: their reservations stay spent
+            owner.reserved.popleft()
+        owner.reserved.append(estimate)
+        self.admission_stats["admitted"] += 1
+        return True
 
     def _request(self, asked: int, returned: int = 0) -> AdmissionRequest:
         assert self.wallet is not None
