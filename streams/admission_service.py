@@ -7,7 +7,8 @@
   (at-least-once): that only makes it grant less.
 - Limits: the rules file with the live policies of `budget.policies` folded in, followed.
 - Requests: `admission.requests` has one partition, read in a consumer group, so one service
-  answers at a time. Answers go to `admission.grants`, keyed by agent id. It answers only
+  answers at a time. Answers go to `admission.grants`, keyed by agent id; a request that does
+  not decode goes to `usage.deadletter` with its field and reason. It answers only
   once the usage that existed at start has been read, and after taking the requests'
   partition it grants nothing for a lease's life plus the settle grace (`Ledger.quiet`): a
   service that held it before may have leases still open. Requests are not committed
@@ -29,6 +30,7 @@ from schemas.contract import Policy
 from schemas.errors import BadInput
 from schemas.topics import Topics
 from streams.admission import PERIOD_LIMITS, Ledger
+from streams.engine import dead_letter
 from streams.kafka import KafkaSecurity, read_compacted
 from streams.policies import fold
 from streams.rules_config import RulesConfig
@@ -138,25 +140,29 @@ class AdmissionService:
                 batch = await self._requests.getmany(timeout_ms=200, max_records=1_000)
                 for records in batch.values():
                     for record in records:
-                        await self.answer(record.value)
+                        bad = await self.answer(record.value)
+                        if bad is not None:  # hostile input: a dead letter naming field and reason
+                            letter = dead_letter(record, bad, self.now_ms())
+                            await self._producer.send(self.topics.deadletter, encode(letter), key=record.key)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - a broker hiccup: clients ask again
                 log.error("admission.error", error=repr(err))
                 await asyncio.sleep(1.0)
 
-    async def answer(self, raw: bytes | None) -> None:
-        """Grant one request and publish the answer (a bad request is logged and dropped)."""
+    async def answer(self, raw: bytes | None) -> BadInput | None:
+        """Grant one request and publish the answer; a bad request is answered by nothing (returned)."""
         try:
             req = decode_admission_request(raw)
         except BadInput as err:
             self.stats["bad"] += 1
             log.warning("admission.request_refused", field=err.field, reason=err.reason)
-            return
+            return err
         self.stats["requests"] += 1
         grant = self.ledger.request(req.holder, req.agent_id, req.user_id, req.team, req.asked, req.returned)
         grant = msgspec.structs.replace(grant, request_ts_ms=req.ts_ms)
         await self._producer.send(self.topics.admission_grants, encode(grant), key=req.agent_id.encode())
+        return None
 
 
 class _Quiet(ConsumerRebalanceListener):

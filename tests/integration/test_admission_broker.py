@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.contract import Limits
+from schemas.codec import decode_deadletter
+from schemas.contract import DeadLetter, Limits
 from schemas.topics import Topics
 from streams.admission_service import AdmissionService
 from streams.client import BudgetClient, BudgetExceeded
-from streams.kafka import KafkaSecurity, ensure_topics
+from streams.kafka import KafkaSecurity, ensure_topics, produce_one, read_compacted
 from streams.policies import build_policy, publish_change
 from streams.rules_config import Budgets, RulesConfig
 
@@ -101,3 +102,27 @@ async def test_a_live_budget_edit_reaches_the_granting_service(
         with pytest.raises(BudgetExceeded) as refused:
             await bw.before_call(estimated_tokens=1_500)
     assert (refused.value.scope, refused.value.subject) == ("team", "search")
+
+
+async def test_a_hostile_request_becomes_a_dead_letter_and_the_service_keeps_answering(
+    service: tuple[str, Topics, AdmissionService], tmp_path: Path
+) -> None:
+    bootstrap, topics, svc = service
+    await produce_one(bootstrap, topics.admission_requests, b"x", b'{"type": "admission_request", "holder": ""}')
+    letters: list[DeadLetter] = []
+
+    def keep(_key: bytes | None, value: bytes | None) -> None:
+        if value is not None:
+            letters.append(decode_deadletter(value))
+
+    for _ in range(100):
+        letters.clear()
+        await read_compacted(bootstrap, topics.deadletter, keep)
+        if letters:
+            break
+        await asyncio.sleep(0.1)
+    assert [(d.topic, d.field) for d in letters] == [(topics.admission_requests, "holder")]
+    async with BudgetClient(bootstrap, "ranker", team="search", admission=True, topics=topics,
+                            kafka=KafkaSecurity(), spill_dir=tmp_path / "s", control_key=None) as bw:
+        await bw.before_call(estimated_tokens=100)
+        assert bw.admission_stats["admitted"] == 1 and bw.admission_stats["unadmitted"] == 0

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from schemas.clock import FakeClock
 from schemas.contract import AdmissionGrant, Limits
 from streams.admission import Ledger
+from streams.admission_service import replay_start
 from streams.client.allowance import Wallet
 from streams.rules_config import Budgets, RulesConfig
 
@@ -203,3 +204,12 @@ def test_overshoot_is_bounded_by_estimate_errors(limit: int, team_limit: int, sh
             network.append((clock.now, ("request", which % len(holders), 0, w.release(), w.asking())))
         assert consumed["global"] <= limit + errors["global"]
         assert consumed["t"] <= team_limit + errors["t"]
+
+
+def test_the_service_reads_spend_from_the_start_of_the_longest_limited_period() -> None:
+    now = T0  # Saturday 2026-12-05
+    assert replay_start(config(global_daily=1), now) == 1_796_428_800_000  # the day
+    weekly = RulesConfig(budgets=Budgets(teams={"t": Limits(weekly_tokens=1)}))
+    assert replay_start(weekly, now) == 1_795_996_800_000  # Monday 2026-11-30
+    monthly = RulesConfig(budgets=Budgets(default_agent=Limits(daily_tokens=1, monthly_tokens=1)))
+    assert replay_start(monthly, now) == 1_796_083_200_000  # 2026-12-01
