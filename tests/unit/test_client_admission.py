@@ -130,3 +130,27 @@ async def test_a_quiet_service_is_not_waited_for_but_a_renewal_answer_changes_no
     bw.on_grant(_grant(bw, 0, renewal))
     assert bw.health()["admission"]["proceeding_unadmitted"] is False
     await bw.close()
+
+
+async def test_a_task_settles_its_own_reservations_and_the_learned_estimate_is_used(tmp_path: Path) -> None:
+    asks = FakeSender()
+    bw = BudgetClient("unused:9092", "bot", follow_control=False, spill_dir=tmp_path, sender=FakeSender(),
+                      admission=True, admission_sender=asks, admission_default_estimate=700)
+    await bw.start()
+    await asyncio.sleep(0.01)
+    bw.on_grant(_grant(bw, 100_000, decode_admission_request(asks.messages[0][1])))
+    assert bw.wallet is not None
+    async with bw.task("t-1"):
+        await bw.before_call()  # no estimate, nothing learned yet: the default
+        scope = bw.current_task()
+        assert scope is not None and list(scope.reserved) == [700] and not bw.reserved
+        await bw.record_openai({"prompt_tokens": 100, "completion_tokens": 100}, model="gpt-4o")
+        assert not scope.reserved and bw.wallet.balance == 100_000 - 200
+    for _ in range(8):  # calls of about 1,000 tokens outside tasks
+        await bw.before_call()
+        await bw.record_openai({"prompt_tokens": 900, "completion_tokens": 100}, model="gpt-4o")
+    assert 1_000 <= bw.wallet.estimate() <= 2_000  # learned (mean plus two deviations), covers the calls
+    before = bw.wallet.balance
+    await bw.before_call()
+    assert before - bw.wallet.balance == bw.reserved[-1] == bw.wallet.estimate()
+    await bw.close()
