@@ -106,7 +106,12 @@ class AdmissionService:
         while True:
             if not pending:
                 self.caught_up.set()
-            batch = await self._usage.getmany(timeout_ms=200, max_records=5_000)
+            try:
+                batch = await self._usage.getmany(timeout_ms=200, max_records=5_000)
+            except Exception as err:  # noqa: BLE001 - a broker hiccup: the consumer resumes where it was
+                log.error("admission.usage_error", error=repr(err))
+                await asyncio.sleep(1.0)
+                continue
             for tp, records in batch.items():
                 events, _, bad = decoder.decode_each([r.value for r in records])
                 self.stats["bad"] += len(bad)
@@ -129,7 +134,12 @@ class AdmissionService:
                     return
             self.ledger.set_config(fold(self.base, list(self._policies.values())))
 
-        await read_compacted(self.bootstrap, self.topics.policies, keep, security=self.security, follow=True)
+        while True:
+            try:
+                await read_compacted(self.bootstrap, self.topics.policies, keep, security=self.security, follow=True)
+            except Exception as err:  # noqa: BLE001 - read the topic again: it is compacted, the fold is the same
+                log.error("admission.policies_error", error=repr(err))
+                await asyncio.sleep(1.0)
 
     # grants -----------------------------------------------------------------------------------
     async def _answer(self) -> None:
