@@ -89,7 +89,9 @@ class AdmissionService:
             await client.stop()
 
     # spend ------------------------------------------------------------------------------------
-    async def _follow_usage(self) -> None:
+    async def _seek_usage(self) -> tuple[dict[TopicPartition, int], set[TopicPartition]]:
+        """Assign every partition of `usage.events` at the start of the longest limited period;
+        returns the end offsets then and the partitions with records before them."""
         cluster = await self._usage._client.fetch_all_metadata()  # as streams.kafka.read_compacted
         parts = [TopicPartition(self.topics.usage, p) for p in sorted(cluster.partitions_for_topic(self.topics.usage) or ())]
         self._usage.assign(parts)
@@ -101,7 +103,16 @@ class AdmissionService:
             else:
                 await self._usage.seek_to_end(tp)
         end = await self._usage.end_offsets(parts)
-        pending = {tp for tp in parts if await self._usage.position(tp) < end[tp]}
+        return end, {tp for tp in parts if await self._usage.position(tp) < end[tp]}
+
+    async def _follow_usage(self) -> None:
+        while True:
+            try:
+                end, pending = await self._seek_usage()
+                break
+            except Exception as err:  # noqa: BLE001 - nothing read yet: try again (it answers nobody meanwhile)
+                log.error("admission.usage_error", error=repr(err))
+                await asyncio.sleep(1.0)
         decoder = UsageDecoder(self.now_ms)
         while True:
             if not pending:
