@@ -22,12 +22,14 @@ forgets it, whatever the clocks say.
 
 The bound. Every grant keeps S + O <= L, and admitted usage moves tokens from O to S, so
 allowances held when a budget runs out are not overshoot: they were counted against L
-before they were granted. The tokens spent beyond L in a period are at most
+before they were granted (a rate quota's "outstanding at exhaustion" term does not arise for
+a quantity whose every lease is settled by the usage it paid for). The tokens spent beyond L in a period are at most
 
     sum over admitted calls of max(0, used - allowance left to its holder), each <= used - estimate
       (estimate errors: a call that used more than it reserved, beyond its holder's balance)
     + tokens of calls made with no allowance (admission off, another producer, the client's
-      documented proceed-after-wait fallback, a limit lowered below S + O)
+      documented proceed-after-wait fallback, e.g. in the service's `quiet` time after a
+      start or takeover, a limit lowered below S + O)
     + tokens the ledger saw only after it had forgotten their lease (a usage event delayed
       more than `settle_grace_ms` past its lease's lapse).
 
