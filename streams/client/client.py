@@ -249,7 +249,8 @@ class BudgetClient:
         if follow_control:
             also = {topics.admission_grants: self._grant_raw} if admission else {}
             self._subscriber = ControlSubscriber(bootstrap, self._gate, self.handle_command, partitions,
-                                                 topics.control, also, self.feed.alive, **options)
+                                                 topics.control, also, self.feed.alive,
+                                                 probe_s=min(5.0, control_loss_after_s / 3), **options)
         self._scopes: set[TaskScope] = set()
         self._killed_ids: OrderedDict[str, ControlCommand] = OrderedDict()
         self._resumed = asyncio.Event()

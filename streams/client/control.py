@@ -139,10 +139,9 @@ class ControlSubscriber:
 
     `also` maps more topics keyed by agent id (the admission grants) to a handler of their raw
     records, read from the same partition number. `on_alive` is called after every poll that
-    reached the broker: a poll of an unreachable broker returns empty without raising, so at
-    most once per `PROBE_S` the partition's end offset is fetched to prove the feed is heard."""
-
-    PROBE_S = 1.0
+    reached the broker: a poll of an unreachable broker returns empty without raising, so
+    while nothing arrives the partition's end offset is fetched every `probe_s` to prove the
+    feed is heard."""
 
     def __init__(
         self,
@@ -153,6 +152,7 @@ class ControlSubscriber:
         topic: str = CONTROL,
         also: dict[str, Callable[[bytes | None], None]] | None = None,
         on_alive: Callable[[], None] | None = None,
+        probe_s: float = 5.0,
         **client_options: Any,
     ) -> None:
         self._bootstrap = bootstrap
@@ -162,6 +162,7 @@ class ControlSubscriber:
         self._topic = topic
         self._also = also or {}
         self._on_alive = on_alive
+        self._probe_s = probe_s
         self._options = client_options
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -254,7 +255,7 @@ class ControlSubscriber:
             return
         now = asyncio.get_running_loop().time()
         if not fetched:
-            if now - self._probed < self.PROBE_S:
+            if now - self._probed < self._probe_s:
                 return
             from aiokafka import TopicPartition
 
