@@ -34,6 +34,7 @@ from schemas.topics import Topics
 from streams.engine import Engine
 from streams.faust_overrides import (
     PromptFetchConsumer,
+    RecoveryWatchdog,
     quiet_client_debug_logs,
     table_records_by_partition,
     write_table_records,
@@ -97,7 +98,7 @@ class Processor:
         self.prices_ready = asyncio.Event()
         self.stats = {"messages": 0, "events": 0, "duplicates": 0, "dead_letters": 0, "decisions": 0, "commands": 0,
                       "batches": 0, "rollups": 0, "redelivered": 0,
-                      "offset_gaps": 0}
+                      "offset_gaps": 0, "recovery_stalls": 0}
         # by label, for /metrics (`sinks.metrics` reads them from processor.json)
         self.decisions_by: Counter[tuple[str, str]] = Counter()  # (rule, action)
         self.commands_by: Counter[str] = Counter()  # command
@@ -145,6 +146,8 @@ class Processor:
         app.agent(self.usage_topic, name="usage")(self._usage_agent)
         app.agent(self.rollup_topic, name="rollups")(self._rollup_agent)
         app.timer(rollup_interval)(self._flush_rollups)
+        self.recovery_watchdog = RecoveryWatchdog(app)
+        app.timer(1.0)(self._watch_recovery)
         app.task(self._policy_task)
         app.task(self._prices_task)
         if status_file is not None:
@@ -203,6 +206,11 @@ class Processor:
             self._owned = active
         log.info("processor.restored", partitions=sorted(active), gained=sorted(gained), records=n,
                  dropped_agents=dropped, agents=len(self.engine.agents))
+
+    async def _watch_recovery(self) -> None:
+        """A table recovery that stopped reading is re-seeked (see RecoveryWatchdog) and counted."""
+        if await self.recovery_watchdog.check():
+            self.stats["recovery_stalls"] = self.recovery_watchdog.stalls
 
     @staticmethod
     def loop_time() -> float:

@@ -128,3 +128,86 @@ def write_table_records(table: Any, writes: list[tuple[int, bytes, bytes | None]
             key_partition[key] = partition
         send(partition, key, value, key_serializer="raw", value_serializer="raw")
 
+
+
+RECOVERY_STALL_S = 10.0
+
+
+def recovery_snapshot(app: Any) -> dict[str, Any]:
+    """What a stuck table recovery is waiting for, per changelog partition: Faust's highwater
+    and last read offset, the aiokafka position and pause flag, whether Faust fetches it, plus
+    the flow flags and queue sizes. Logged by the watchdog: the facts behind a stall."""
+    recovery = app.tables.recovery
+    consumer = app.consumer
+    client = consumer._thread._consumer  # the aiokafka consumer
+    assignment = client._subscription.subscription.assignment if client is not None else None
+    active = consumer._active_partitions
+    partitions = {}
+    for tp in sorted(recovery.active_tps):
+        state = assignment.state_value(tp) if assignment is not None else None
+        partitions[f"{tp.topic}:{tp.partition}"] = {
+            "highwater": recovery.active_highwaters.get(tp),
+            "offset": recovery.active_offsets.get(tp),
+            "position": state.position if state is not None and state.has_valid_position else None,
+            "paused_in_client": state.paused if state is not None else None,
+            "fetched": active is None or tp in active,
+            "read_offset": consumer._read_offset.get(tp),
+            "buffered": len(client._fetcher._records.get(tp, ()) or ()) if client is not None else None,
+        }
+    return {
+        "in_recovery": recovery.in_recovery,
+        "remaining": recovery.active_remaining_total(),
+        "flow_active": consumer.flow_active,
+        "flow_control_active": app.flow_control.is_active(),
+        "changelog_queue": app.tables.changelog_queue.qsize(),
+        "fetcher_started": app._fetcher.started if app._fetcher is not None else None,
+        "generation": app.consumer_generation_id,
+        "partitions": partitions,
+    }
+
+
+class RecoveryWatchdog:
+    """Detects a table recovery that read nothing for `stall_s` while records remain, logs what it
+    waits for (`recovery_snapshot`) and re-seeks the changelog partitions to the last offset it
+    read, with their fetching and the flow resumed, so recovery re-reads what it never got.
+    `stalls` counts the times it had to (a metric: it should stay 0)."""
+
+    def __init__(self, app: Any, stall_s: float = RECOVERY_STALL_S, clock: Any = None) -> None:
+        self.app = app
+        self.stall_s = stall_s
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.stalls = 0
+        self._progress: tuple[Any, ...] | None = None
+        self._since = 0.0
+
+    async def check(self) -> bool:
+        """One look (call it every second or so); True when it found a stall and re-seeked."""
+        recovery = self.app.tables.recovery
+        now = self.clock()
+        if not recovery.in_recovery or recovery.active_remaining_total() <= 0:
+            self._progress = None
+            return False
+        progress = (self.app.consumer_generation_id, tuple(sorted(recovery.active_offsets.items())))
+        if progress != self._progress:
+            self._progress, self._since = progress, now
+            return False
+        if now - self._since < self.stall_s:
+            return False
+        self.stalls += 1
+        log.error("processor.recovery_stalled", stalled_s=round(now - self._since, 1), stalls=self.stalls,
+                  **recovery_snapshot(self.app))
+        self._since = now
+        await self._reseek(recovery)
+        return True
+
+    async def _reseek(self, recovery: Any) -> None:
+        consumer = self.app.consumer
+        remaining = {tp for tp, n in recovery.active_remaining().items() if n > 0}
+        offsets = {tp: max(0, recovery.active_offsets[tp]) for tp in remaining}
+        await consumer.seek_wait(offsets)
+        consumer.resume_partitions(remaining)
+        consumer.resume_flow()
+        if not self.app.flow_control.is_active():  # resume() empties the changelog queue: only when off
+            self.app.flow_control.resume()
+        await self.app._fetcher.maybe_start()
+        log.warning("processor.recovery_reseeked", partitions={f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})

@@ -298,3 +298,62 @@ def bench_soak(
         emit_json(result)
         return
     print("\n".join(summary_lines({"soak": result})))
+
+
+# --- faults: runs that break things and check the totals -----------------------------------
+
+Runs = Annotated[int, typer.Option("--runs", min=1, help="How many runs.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the runs' fleets and fault schedules.")]
+LogsDir = Annotated[Path, typer.Option("--logs-dir", help="Where the worker logs of runs that were not exact (or needed the recovery watchdog) go.")]
+
+
+@bench_app.command("rebalance")
+def bench_rebalance(
+    runs: Runs = 20,
+    seed: Seed = 1,
+    phase_timeout: Annotated[float, typer.Option("--phase-timeout", min=5, help="Seconds each rebalance gets to reach exact totals.")] = 60.0,
+    logs_dir: LogsDir = Path("bench/rebalance-logs"),
+    bootstrap: BootstrapOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Two processors, three rebalances per run (stop, kill -9 during a rebalance, join): stalls and exact totals."""
+    from ops.bench.rebalance import run
+
+    result = run(runs, bootstrap, progress, seed=seed, phase_timeout_s=phase_timeout, logs_dir=logs_dir)
+    if as_json:
+        emit_json(result)
+        return
+    for r in result["per_run"]:
+        phases = ", ".join(f"{name} {'ok' if p['exact'] else ('STALL' if p.get('stalled') else 'WRONG')}"
+                           for name, p in r["phases"].items())
+        print(f"run {r['run']:>3}: {'exact' if r['exact'] else 'NOT EXACT'}  {r['events']:,} events  "
+              f"{r['reseeks']} re-seeks  {r['seconds']} s  ({phases})")
+    print(f"{result['exact_runs']} of {result['runs']} runs exact, {result['stalls']} stalled, "
+          f"{result['reseeks']} recovery re-seeks by the watchdog   (target: all exact, 0 stalls)")
+
+
+@bench_app.command("faults")
+def bench_faults(
+    runs: Runs = 20,
+    seed: Seed = 1,
+    faults: Annotated[int, typer.Option("--faults", min=1, help="Faults injected per run, one after another.")] = 3,
+    events: Annotated[int, typer.Option("--events", min=100, help="Unique events the fleet sends per run.")] = 2_000,
+    rate: Annotated[int, typer.Option("--rate", min=10, help="Messages/s the fleet sends.")] = 100,
+    settle: Annotated[float, typer.Option("--settle", min=10, help="Seconds after the faults for every total to match.")] = 90.0,
+    logs_dir: LogsDir = Path("bench/faults-logs"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Seeded kill -9 of a processor or the sink, broker restarts and rebalances under a steady fleet: exact totals?"""
+    from ops.bench.faults import run
+
+    result = run(runs, progress, seed=seed, faults=faults, events=events, rate=rate, settle_s=settle, logs_dir=logs_dir)
+    if as_json:
+        emit_json(result)
+        return
+    for r in result["per_run"]:
+        print(f"run {r['run']:>3}: {'exact' if r['exact'] else 'NOT EXACT'}  {', '.join(r['schedule'])}  "
+              f"lost {r['lost_events']}  double {r['double_counted_events']}  missed kills {r['missed_kills']}  "
+              f"{r['seconds']} s")
+    print(f"{result['exact_runs']} of {result['runs']} runs exact, {result['stalls']} stalled, "
+          f"{result['lost_events']} events lost, {result['double_counted_events']} counted twice, "
+          f"{result['missed_kills']} of {result['kills']} kills missed   (target: all exact)")
