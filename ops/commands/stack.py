@@ -55,6 +55,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What of the local stack runs: broker, worker, liveness (/healthz), readiness (/readyz) and consumer lag."""
         status = {**Stack(data_dir=data_dir).status(), **worker_health(data_dir)}
+        # Stack knows the port `up` was given only now; the worker wrote where it listens
+        status["dashboard"] = status["dashboard"] or (status["url"] and f"{status['url']}/")
         if as_json:
             print_json(status)
             return
@@ -86,7 +88,7 @@ def worker_health(data_dir: Path) -> dict[str, Any]:
     from streams.settings import WorkerSettings
 
     url = owner_url(WorkerSettings(data_dir=data_dir))
-    out: dict[str, Any] = {"live": None, "ready": None, "checks": {}, "lag": None}
+    out: dict[str, Any] = {"url": url, "live": None, "ready": None, "checks": {}, "lag": None}
     if url is None:
         return out
     live, _ = _probe(f"{url}/healthz")

@@ -42,6 +42,7 @@ async def test_ps_shows_liveness_readiness_and_lag(tmp_path: Path) -> None:
         out = json.loads(result.stdout)
         assert out["ready"] is True and out["live"] is True and out["lag"]["total"] == 7
         assert out["kafka"] is None and out["worker_pid"] is None  # no stack started from this directory
+        assert out["dashboard"] == f"http://127.0.0.1:{server.port}/"
         text = await asyncio.to_thread(CliRunner().invoke, cli, ["ps", "--data-dir", str(tmp_path)])
         assert "ready      yes" in text.stdout and "usage.events 7" in text.stdout
         assert TOKEN not in text.stdout + result.stdout
