@@ -38,18 +38,20 @@ class SwitchableStore:
         self.database = inner.database
         self.failing = False
         self.failed_calls = 0
+        self.error = "Connection refused (simulated outage)"
+        self.queries_fail = True  # False: only writes fail (SELECT 1 still answers)
 
-    def _check(self) -> None:
-        if self.failing:
+    def _check(self, write: bool = True) -> None:
+        if self.failing and (write or self.queries_fail):
             self.failed_calls += 1
-            raise StoreError("Connection refused (simulated outage)")
+            raise StoreError(self.error)
 
     def command(self, sql: str) -> None:
         self._check()
         self.inner.command(sql)
 
     def query(self, sql: str, params: dict[str, Any] | None = None, readonly: bool = False) -> list[dict[str, Any]]:
-        self._check()
+        self._check(write=False)
         return self.inner.query(sql, params, readonly)
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str = "") -> None:
@@ -162,6 +164,39 @@ async def test_clickhouse_outage_pauses_and_loses_nothing(kafka_bootstrap: str, 
     await writer.wait_idle()
     await writer.stop()
     assert count(store.inner) == n
+    runner.shutdown()
+
+
+async def test_a_memory_limit_while_select_answers_loses_and_doubles_nothing(
+        kafka_bootstrap: str, producer: AIOKafkaProducer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 16 item 6: a store error that is not about a row, while `SELECT 1` still answers,
+    bisected every batch down to single rows and dead-lettered all of them (1,000 of 1,000
+    lost). Now the batch waits and is retried whole; rows and rollups count each event once."""
+    topics = await make_topics(kafka_bootstrap)
+    store = SwitchableStore(new_store(tmp_path_factory))
+    store.error = ("Code: 241. DB::Exception: Memory limit (total) exceeded: would use 9.31 GiB (attempt to allocate "
+                   "chunk of 4194304 bytes), maximum: 9.31 GiB. (MEMORY_LIMIT_EXCEEDED)")
+    store.queries_fail = False
+    store.failing = True
+    runner = StoreRunner(store)  # type: ignore[arg-type]
+    writer = SinkWriter(runner, kafka_bootstrap, topics=topics, group_id=f"g-{uuid.uuid4().hex}", config=FAST)
+    await writer.start()
+    n = 1000
+    evs = events(n, "mem")
+    for e in evs:
+        await producer.send(topics.usage, encode(e), key=e.agent_id.encode())
+    await producer.flush()
+    await until(lambda: writer.stats.failures >= 3)
+    assert writer.stats.rows_written == 0 and writer.stats.rows_rejected == 0 and writer._consumer.paused()
+    store.failing = False
+    await until(lambda: writer.stats.rows_written >= n)
+    await writer.wait_idle()
+    await writer.stop()
+    db = store.inner
+    assert count(db, "dead_letters", final=False) == 0
+    assert count(db) == count(db, final=False) == n
+    rolled = db.query(f"SELECT sum(events) AS n, sum(input_tokens) AS t FROM {db.database}.rollup_hourly FINAL")[0]
+    assert (int(rolled["n"]), int(rolled["t"])) == (n, sum(e.input_tokens for e in evs))  # the events' hours are closed
     runner.shutdown()
 
 
