@@ -31,6 +31,18 @@ function tokens(n) {
   return num.format(n);
 }
 
+// A decision's message as the processor wrote it carries exact figures ("1003942 tokens",
+// "$0.520477500"); people read "1,003,942 tokens" and "$0.52" (the exact text stays in the title).
+const money = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+function humanize(text) {
+  return String(text ?? "")
+    .replace(/\$(\d+(?:\.\d+)?)/g, (_, v) => {
+      const n = parseFloat(v);
+      return "$" + (n === 0 || n >= 0.01 ? money.format(n) : n.toPrecision(2));
+    })
+    .replace(/(?<![\w.,$-])(\d{4,})(?![\w.,-])/g, (m) => num.format(Number(m)));
+}
+
 const pct = (p) => (p == null ? "–" : (p >= 100 ? Math.round(p) : p.toFixed(p < 10 ? 1 : 0)) + "%");
 const clock = (ms) => new Date(ms).toISOString().slice(11, 19);
 
@@ -259,7 +271,7 @@ function renderDecisions(list, now) {
     return `<li class="act-${esc(d.action)}${fresh ? " new" : ""}" data-action="${esc(d.action)}" data-agent="${esc(d.agent_id)}" data-rule="${esc(d.rule)}">
       <span class="badge ${esc(d.action)}">${esc(ACTION_LABEL[d.action] || d.action)}</span>
       <div class="body"><div class="head"><b>${esc(who)}</b> <span class="rule">${esc(d.rule)}</span>${times}<span class="sev ${esc(d.severity)}">${esc(d.severity)}</span></div>
-      <div class="msg">${esc(d.message)}</div></div>
+      <div class="msg" title="${esc(d.message)}">${esc(humanize(d.message))}</div></div>
       <time title="${esc(new Date(d.ts_ms).toISOString())}">${ago(d.ts_ms, now)}</time></li>`;
   }).join("") || `<li class="empty">No decisions yet: every agent is within its budget.</li>`);
 }
@@ -288,14 +300,16 @@ function renderTasks(t, worst) {
   if (positive.length) {
     const lo = Math.log10(Math.min(...positive)) - 0.3, hi = Math.log10(Math.max(...positive)) + 0.1;
     const x = (v) => l + ((Math.log10(Math.max(v, 10 ** lo)) - lo) / Math.max(1e-9, hi - lo)) * (W - l - r);
-    // Marks closer than a label's width share one label ("p99 = max").
-    const labels = [];
-    marks.forEach(([k, v], i) => {
-      const prev = labels[labels.length - 1];
-      if (prev && x(v) - prev.x < 34) prev.text += " = " + k; else labels.push({ x: x(v), text: k, i });
-    });
+    // Each mark keeps its own label; labels that would overlap are pushed apart (left to right,
+    // then back from the right edge) and a leader line joins a moved label to its mark.
+    const items = marks.map(([k, v], i) => ({ k, i, at: x(v), w: k.length * 6.6 + 8 }));
+    let edge = -Infinity;
+    for (const it of items) { it.cx = Math.max(it.at, edge + it.w / 2); edge = it.cx + it.w / 2; }
+    edge = W;
+    for (const it of [...items].reverse()) { it.cx = Math.min(it.cx, edge - it.w / 2); edge = it.cx - it.w / 2; }
     const dots = marks.map(([, v], i) => `<g class="q q${i}"><line x1="${x(v)}" x2="${x(v)}" y1="14" y2="40"/><circle cx="${x(v)}" cy="27" r="5"/></g>`).join("");
-    const texts = labels.map((lb) => `<text x="${lb.x}" y="58" text-anchor="${lb.x > W - 40 ? "end" : "middle"}">${lb.text}</text>`).join("");
+    const texts = items.map((it) => (Math.abs(it.cx - it.at) > 1 ? `<line class="leader" x1="${it.at}" y1="40" x2="${it.cx}" y2="48"/>` : "")
+      + `<text x="${it.cx}" y="58" text-anchor="middle" class="t${it.i}">${it.k}</text>`).join("");
     svg = `<svg xmlns="${SVG_NS}" viewBox="0 0 ${W} ${H}" class="ladder"><defs><linearGradient id="tail" x1="0" x2="1"><stop offset="0" stop-color="var(--ok)"/><stop offset=".6" stop-color="var(--warn)"/><stop offset="1" stop-color="var(--bad)"/></linearGradient></defs>
       <rect x="${l}" y="24" width="${W - l - r}" height="6" rx="3" fill="url(#tail)" opacity=".55"/>${dots}${texts}</svg>`;
   }
