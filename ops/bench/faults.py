@@ -18,7 +18,8 @@ After the schedule the run is exact when, within `settle_s`, the processors' per
 and event counts, ClickHouse's (`usage_events FINAL`) and the hourly rollups (every closed hour
 below the rollup watermark) all equal the ground truth. `lost_events` and
 `double_counted_events` are the events missing or counted twice in the worst of those layers;
-a run whose processors are still short when time is up counts as a stall.
+a run whose processors are still short when time is up counts as a stall. `reseeks` counts the
+recoveries the processors' watchdog had to re-seek (see streams.faust_overrides).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ops.bench.fault_harness import STORE_TOTALS, Truth, WorkerProcess, fleet_events, prefix
-from ops.bench.rebalance import keep_logs, live_totals
+from ops.bench.rebalance import STALL_MARK, keep_logs, live_totals, log_marks
 from ops.kafka.broker import KafkaBroker
 from schemas.codec import encode
 from schemas.contract import UsageEvent
@@ -133,8 +134,8 @@ async def send_steadily(run: Run, topic: str, msgs: list[tuple[str, bytes]], rat
 
 async def produce_once(bootstrap: str, topic: str, part: list[tuple[str, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, request_timeout_ms=5_000)
-    await producer.start()
-    try:
+    try:  # stopped even when start() failed (the broker is down), or it is left unclosed
+        await producer.start()
         futures = [await producer.send(topic, value, key=key.encode()) for key, value in part]
         await asyncio.gather(*futures)
     finally:
@@ -270,6 +271,7 @@ async def one_run(broker: KafkaBroker, workdir: Path, run_no: int, seed: int, fa
         "lost_events": max((found.get(n, {}).get("lost", 0) for n in names), default=0),
         "double_counted_events": max((found.get(n, {}).get("double", 0) for n in names), default=0),
         "kills": run.kills, "missed_kills": run.missed_kills,
+        "reseeks": sum(log_marks(w, STALL_MARK) for w in run.processors),  # recoveries the watchdog rescued
         "seconds": round(time.monotonic() - started, 1),
     })
     return report
@@ -290,7 +292,7 @@ def run(runs: int, progress: Progress, *, seed: int = 1, faults: int = 3, events
                 workdir = Path(tmp) / f"run-{i}"
                 result = asyncio.run(one_run(broker, workdir, i, seed, faults, events, rate, settle_s))
                 results.append(result)
-                if not result["exact"]:
+                if not result["exact"] or result["reseeks"]:
                     keep_logs(workdir, logs_dir, i)
                     result["logs"] = str(logs_dir)
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -308,6 +310,7 @@ def run(runs: int, progress: Progress, *, seed: int = 1, faults: int = 3, events
         "double_counted_events": sum(r["double_counted_events"] for r in results),
         "missed_kills": sum(r["missed_kills"] for r in results),
         "kills": sum(r["kills"] for r in results),
+        "reseeks": sum(r["reseeks"] for r in results),
         "faults": dict(Counter(kind for r in results for kind in r["schedule"])),
         "seconds": round(time.monotonic() - started, 1),
         "per_run": results,

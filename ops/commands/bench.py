@@ -356,4 +356,5 @@ def bench_faults(
               f"{r['seconds']} s")
     print(f"{result['exact_runs']} of {result['runs']} runs exact, {result['stalls']} stalled, "
           f"{result['lost_events']} events lost, {result['double_counted_events']} counted twice, "
-          f"{result['missed_kills']} of {result['kills']} kills missed   (target: all exact)")
+          f"{result['missed_kills']} of {result['kills']} kills missed, "
+          f"{result['reseeks']} recovery re-seeks by the watchdog   (target: all exact)")

@@ -1,5 +1,5 @@
 """The recovery watchdog's rule: a recovery that read nothing for `stall_s` while records remain
-is re-seeked to the last offset it read (once per stall window), and counted; a recovery that
+is re-seeked to the first offset it has not read (once per stall window), and counted; a recovery that
 moves, or has nothing left, is left alone. Faust's Recovery and consumer are stood in for by
 the few attributes the watchdog reads: the rule is what is tested here, the re-seek against a
 real broker by `budgetwarden bench rebalance`."""
@@ -59,7 +59,7 @@ def app_with(recovery: FakeRecovery) -> Any:
                            _fetcher=SimpleNamespace(started=True, maybe_start=maybe_start))
 
 
-async def test_a_recovery_that_reads_nothing_for_the_window_is_reseeked_to_its_last_offset() -> None:
+async def test_a_recovery_that_reads_nothing_for_the_window_is_reseeked_past_its_last_offset() -> None:
     now = [0.0]
     recovery = FakeRecovery(offset=40, highwater=57)
     app = app_with(recovery)
@@ -69,7 +69,7 @@ async def test_a_recovery_that_reads_nothing_for_the_window_is_reseeked_to_its_l
         assert not await dog.check()
     now[0] = 10.0
     assert await dog.check()
-    assert app.consumer.seeks == [{CHANGELOG: 40}]
+    assert app.consumer.seeks == [{CHANGELOG: 41}]
     assert app.consumer.resumed == {CHANGELOG} and app.consumer.flow_active
     assert dog.stalls == 1
     now[0] = 15.0  # the next window starts at the re-seek
