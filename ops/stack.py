@@ -190,16 +190,29 @@ class Stack:
         if progress:
             progress(f"waiting for the worker (logs: {self.worker_log})")
         deadline = time.monotonic() + timeout_s
+        waiting = f"it did not serve {self.dashboard_url}"
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise StackError(f"starting the worker failed: it exited with code {proc.returncode}; "
                                  f"{self.worker_log}:{log_tail(self.worker_log)}")
             if self._http_ready():
-                log.info("stack.up", bootstrap=bootstrap, dashboard=self.dashboard_url, worker_pid=proc.pid)
-                return
+                not_ready = self._not_ready()
+                if not_ready is None:
+                    log.info("stack.up", bootstrap=bootstrap, dashboard=self.dashboard_url, worker_pid=proc.pid)
+                    return
+                waiting = f"it serves {self.dashboard_url} but is not ready ({not_ready})"
             time.sleep(0.5)
-        raise StackError(f"starting the worker failed: it did not serve {self.dashboard_url} within "
-                         f"{timeout_s:.0f}s; {self.worker_log}:{log_tail(self.worker_log)}")
+        raise StackError(f"starting the worker failed: {waiting} within {timeout_s:.0f}s; "
+                         f"{self.worker_log}:{log_tail(self.worker_log)}")
+
+    def _not_ready(self) -> str | None:
+        """None when the worker's `/readyz` says ready (its sink writes, its processor is alive,
+        has read the policies and recovered its tables); else what it says."""
+        try:
+            get_json(self.dashboard_url, "/readyz", 2.0)
+        except (ApiError, OSError, ValueError) as err:
+            return str(err)
+        return None
 
     def _answers_healthz(self) -> bool:
         try:

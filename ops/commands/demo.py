@@ -17,7 +17,7 @@ from ops.commands.common import (
 )
 from ops.fleet.profiles import DEMO_FLEET
 from ops.fleet.runner import FleetRunner, FleetStats
-from schemas.money import format_usd
+from ops.commands.tables import usd
 
 
 def _fleet_table(stats: FleetStats, seconds: float) -> Table:
@@ -40,7 +40,7 @@ def _fleet_table(stats: FleetStats, seconds: float) -> Table:
 def _print_report(result: Any) -> None:
     agents = (result.status or {}).get("agents", {})
     table = Table(title="Budget status (processor, today)", title_justify="left")
-    for column in ("agent", "tokens", "cost USD", "limit", "% of limit", "state"):
+    for column in ("agent", "tokens", "cost", "limit tokens", "% of limit", "state"):
         table.add_column(column, justify="left" if column in ("agent", "state") else "right")
     for agent_id, s in sorted(agents.items(), key=lambda kv: -(kv[1].get("percent") or 0)):
         state = "paused" if s.get("paused") else "running"
@@ -49,7 +49,7 @@ def _print_report(result: Any) -> None:
         if s.get("killed_tasks"):
             state += f", {len(s['killed_tasks'])} task(s) killed"
         limit = s.get("daily_tokens")
-        table.add_row(agent_id, f"{s.get('tokens_today', 0):,}", format_usd(int(s.get("nano_usd_today", 0)))[:-5],
+        table.add_row(agent_id, f"{s.get('tokens_today', 0):,}", usd(int(s.get("nano_usd_today", 0))),
                       f"{limit:,}" if limit else "-", f"{s['percent']:.0f}%" if s.get("percent") is not None else "-",
                       state)
     console.print(table)
@@ -64,20 +64,20 @@ def _print_report(result: Any) -> None:
         console.print(t if rows else f"[bold]{title}:[/bold] none")
 
     top = Table(title="Top spenders today (ClickHouse)", title_justify="left")
-    for column in ("agent", "events", "tokens", "cost USD"):
+    for column in ("agent", "events", "tokens", "cost"):
         top.add_column(column, justify="left" if column == "agent" else "right")
     for row in result.top:
-        top.add_row(str(row["key"]), f"{row['events']:,}", f"{row['tokens']:,}", row["usd"][:-5])
+        top.add_row(str(row["key"]), f"{row['events']:,}", f"{row['tokens']:,}", usd(row["usd"]))
     console.print(top)
 
     waste = result.waste if isinstance(result.waste, dict) else {}
     categories = waste.get("categories", [])
     if categories:
         w = Table(title="Waste report", title_justify="left")
-        for column in ("category", "estimated USD", "recommendation"):
-            w.add_column(column, justify="right" if column == "estimated USD" else "left")
+        for column in ("category", "estimated", "recommendation"):
+            w.add_column(column, justify="right" if column == "estimated" else "left")
         for c in categories:
-            w.add_row(str(c.get("category", c.get("name", ""))), str(c.get("usd", ""))[:-5],
+            w.add_row(str(c.get("category", c.get("name", ""))), usd(c.get("usd")),
                       str(c.get("recommendation", ""))[:90])
         console.print(w)
     console.print(f"events sent {result.events_sent:,}, stored in ClickHouse {result.events_stored:,}; "

@@ -330,9 +330,15 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(json.dumps(rows) + "\n")
             return
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table("when (UTC)", "who", "key", "change", "before → after", "reason", title="budget history")
+        from ops.commands.tables import console as table_console, key_column
+
+        table = Table("when (UTC)", "who", title="budget history")
+        key_column(table, "key")
+        for column in ("change", "before → after", "reason"):
+            table.add_column(column, overflow="fold")
         for r in rows:
             if r["deleted"]:
                 what = "delete"
@@ -342,8 +348,9 @@ def register(app: typer.Typer) -> None:
                 shown = _diff(r["before"], r["after"], r["changed"])
             else:  # a record from before the audit fields: what it set
                 shown = json.dumps(r["limits"] or r["params"] or {})
-            table.add_row(r["when"], r["author"] or "-", r["policy_id"], what, shown, r["reason"] or "-")
-        console.print(table)
+            table.add_row(r["when"], escape(r["author"] or "-"), escape(r["policy_id"]), escape(what), escape(shown),
+                          escape(r["reason"] or "-"))
+        table_console().print(table)
 
     @budget.command("list")
     def budget_list(
