@@ -127,6 +127,8 @@ class SinkProcess(Service):
                "--partitions", str(s.partitions), "--topic-prefix", self.topic_prefix]
         if s.rules_path is not None:
             cmd += ["--rules", str(s.rules_path)]
+        if s.prices_path is not None:
+            cmd += ["--prices", str(s.prices_path)]
         return cmd  # secrets (CLICKHOUSE_URL, SASL, control key) travel in the environment, not argv
 
     def _spawn(self) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 from schemas.calendar import Calendar
 from schemas.errors import BudgetwardenError
+from schemas.pricing import ms_to_date
 from sinks import queries as q
 from sinks.http_json import ApiError, ApiTokenError, get_json, read_api_token, token_path
+from sinks.prices import LIVE
 from sinks.procs import pid_alive
 from sinks.sqlguard import check_read_only, check_select
 from sinks.backend import open_store
@@ -127,6 +129,15 @@ class Access:
         if self.api:
             return self.api.get("/api/waste", period=period)
         return waste(self.reader, period, calendar=self.calendar)
+
+    def reprice(self, since_ms: int | None, period: str, today: bool) -> Any:
+        """History under today's prices (`today`) or the prices of its time, next to what was charged."""
+        if self.api:
+            params: dict[str, Any] = {"period": period, "today": "1" if today else "0"}
+            if since_ms is not None:
+                params["since"] = ms_to_date(since_ms)
+            return self.api.get("/api/reprice", **params)
+        return q.reprice(self.reader, LIVE, period, since_ms=since_ms, today=today, calendar=self.calendar)
 
     def sql(self, text: str) -> list[dict[str, Any]]:
         if self.api:  # the owner runs the full check (ClickHouse's parse) before it runs anything

@@ -25,9 +25,11 @@ from aiohttp import web
 
 from schemas.calendar import PERIODS, Calendar
 from schemas.errors import InputError
+from schemas.pricing import date_to_ms
 from sinks import dashboard_queries as dq
 from sinks import queries as q
 from sinks.ingest import add_ingest_routes
+from sinks.prices import LIVE
 from sinks.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SinkMetrics
 from sinks.waste import waste
 from sinks.sqlguard import RefusedSQL, check_select
@@ -88,6 +90,16 @@ def _int(request: web.Request, name: str, default: int, lo: int = 1, hi: int = 1
 
 def _filters(request: web.Request) -> dict[str, str]:
     return {dim: request.query[dim] for dim in q.DIMENSIONS if dim in request.query}
+
+
+def _since(request: web.Request) -> int | None:
+    raw = request.query.get("since")
+    if raw is None:
+        return None
+    try:
+        return date_to_ms(raw)
+    except ValueError:
+        raise BadRequest("since", f"must be a date YYYY-MM-DD, got {raw[:40]!r}") from None
 
 
 def _now(request: web.Request) -> int | None:
@@ -154,7 +166,8 @@ def make_app(
     route("/api/burn/minutes", lambda r: (dq.burn_minutes, (_int(r, "minutes", 60, 1, 1440), _now(r), _filters(r))),
           in_calendar=False)
     route("/api/decisions", lambda r: (q.decisions, (_int(r, "limit", 50), _period(r, "all"), _now(r))))
-    route("/api/reprice", lambda r: (q.reprice, (r.query.get("catalog_version", ""), _period(r, "month"), _filters(r), _now(r))))
+    route("/api/reprice", lambda r: (q.reprice, (r.query.get("catalog_version", LIVE), _period(r, "month"), _filters(r),
+                                                 _now(r), _since(r), r.query.get("today") == "1")))
     route("/api/status", lambda r: (q.budget_status, (app[RULES_KEY] or load_rules(None), _now(r))), in_calendar=False)
 
     async def sql(request: web.Request) -> web.Response:

@@ -352,10 +352,15 @@ def load_prices(store: Store, catalog: PriceCatalog, version: str | None = None)
 
 
 def reprice(store: Store, catalog_version: str, period: str = "month", filters: Mapping[str, str] | None = None,
-            now_ms: int | None = None,
+            now_ms: int | None = None, since_ms: int | None = None, today: bool = False,
             calendar: Calendar | None = None) -> Row:
-    """Cost of a period under another (already loaded) catalog version, per model and total."""
-    params = {**bounds(query_window(period, now_ms, calendar)), "catalog_version": catalog_version}
+    """Cost of a period (or of everything since `since_ms`) under a loaded catalog version, per
+    model and total, next to what was charged: each event at the price in force at its time, or
+    with `today` every event at the price in force now (`live` holds every version the worker
+    priced with: `sinks.prices`)."""
+    now = system_ms() if now_ms is None else now_ms
+    window = bounds(query_window(period, now, calendar)) if since_ms is None else {"start_ms": since_ms, "end_ms": now + 1}
+    params = {**window, "catalog_version": catalog_version, "at_ms": now if today else 0}
     rows = []
     for r in run_named(store, "reprice", params, filters):
         row = {"key": r["key"], "events": int(r["events"]), "nano_usd": int(r["nano_usd"]),
@@ -363,7 +368,8 @@ def reprice(store: Store, catalog_version: str, period: str = "month", filters: 
         row["delta_nano_usd"] = row["repriced_nano_usd"] - row["nano_usd"]
         rows.append(with_usd(row, "nano_usd", "repriced_nano_usd", "delta_nano_usd"))
     total = {k: sum(r[k] for r in rows) for k in ("events", "nano_usd", "repriced_nano_usd", "delta_nano_usd", "unpriced_events")}
-    return {"catalog_version": catalog_version, "period": period,
+    return {"catalog_version": catalog_version, "period": period if since_ms is None else "since",
+            "start_ms": params["start_ms"], "today": today,
             **with_usd(total, "nano_usd", "repriced_nano_usd", "delta_nano_usd"), "rows": rows}
 
 

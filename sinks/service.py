@@ -16,7 +16,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from schemas.litellm_import import load_catalog
+from schemas.pricing import PriceCatalog
 from sinks.http import allowed_hosts, make_app
+from sinks.prices import SinkPrices
 from sinks.http_json import ensure_api_token, token_path
 from sinks.backend import open_store
 from sinks.metrics import SinkMetrics
@@ -65,6 +68,7 @@ class SinkService:
         self.live_status = live_status
         self.http_url = ""
         self.writer: SinkWriter | None = None
+        self.prices: SinkPrices | None = None
         self.runner: StoreRunner | None = None
         self._store = store
         self._topics = topics
@@ -87,7 +91,12 @@ class SinkService:
                                   "raw_ttl_days": self.settings.ttl_days}
         if self._group_id:
             kwargs["group_id"] = self._group_id
-        self.writer = SinkWriter(self.runner, self.settings.bootstrap, **kwargs)
+        # the catalog the worker was given, then every version on budget.prices, as the processor prices
+        catalog = load_catalog(self.settings.prices_path) if self.settings.prices_path else PriceCatalog.default()
+        self.writer = SinkWriter(self.runner, self.settings.bootstrap, catalog=catalog, **kwargs)
+        self.prices = SinkPrices(self.runner, self.writer, catalog, self.settings.bootstrap, self._topics.prices,
+                                 self.settings.kafka)
+        await self.prices.start()
         await self.writer.start()
         rules = load_rules(self.settings.rules_path)
         live = self.metrics.status
@@ -137,6 +146,8 @@ class SinkService:
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
+        if self.prices is not None:
+            await self.prices.stop()
         if self.writer is not None:
             await self.writer.stop()
         if self.runner is not None:

@@ -242,6 +242,10 @@ class SinkWriter:
         self._recent.forget(self._batch.event_ids())
         self._batch = self._new_batch()
 
+    def set_catalog(self, catalog: PriceCatalog) -> None:
+        """Price from the next batch on with `catalog` (a version published on `budget.prices`)."""
+        self._catalog = catalog
+
     def _new_batch(self) -> Batch:
         return Batch(UsageColumns(self._catalog), self.topics.usage)
 

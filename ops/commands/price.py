@@ -242,6 +242,35 @@ def register(app: typer.Typer) -> None:
             write_catalog(entries, out, day)
             sys.stderr.write(f"wrote {len(entries)} entries to {out}\n")
 
+    @app.command("reprice")
+    def reprice_cmd(
+        since: Annotated[str | None, typer.Option("--since", help="From this UTC date (YYYY-MM-DD) to now; "
+                                                                  "default this calendar month")] = None,
+        at_their_time: Annotated[bool, typer.Option(
+            "--at-their-time", help="Each event at the price in force at its time (should equal what was charged)")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Worker data dir (default var, or BUDGETWARDEN_DATA_DIR).")] = None,
+    ) -> None:
+        """What history costs under today's prices (every version the worker priced with is kept
+        in the `prices` table), per model, next to what was charged."""
+        from ops.commands.common import print_json
+        from ops.commands.query import _run
+
+        since_ms = _date_ms("since", since)
+        data = _run(data_dir, lambda a: a.reprice(since_ms, "month", not at_their_time))
+        if as_json:
+            print_json(data)
+            return
+        what = "at the prices of their time" if at_their_time else "at today's prices"
+        table = Table(title=f"reprice since {ms_to_date(int(data['start_ms']))}, {what}")
+        key_column(table, "model")
+        for col in ("events", "charged", "repriced", "difference", "unpriced"):
+            num_column(table, col)
+        for r in [*data["rows"], {**data, "key": "total"}]:
+            table.add_row(escape(str(r["key"])), f"{int(r['events']):,}", usd(r["nano_usd"]), usd(r["repriced_nano_usd"]),
+                          usd(r["delta_nano_usd"]), f"{int(r['unpriced_events']):,}")
+        console().print(table)
+
     @prices.command("publish")
     def prices_publish(
         file: Annotated[Path, typer.Argument(help="prices.json-shaped catalog, or LiteLLM's price JSON")],

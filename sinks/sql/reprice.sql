@@ -1,7 +1,8 @@
 -- Re-price a period under the catalog version loaded into `prices`: the price in force at
--- each event's time (the latest valid_from at or before it), one half-up rounding per event,
--- exactly like ingest. No entry, or one with valid_from <= 0, prices 0; only "no entry"
--- (valid_from 0) counts as unpriced.
+-- each event's time (the latest valid_from at or before it), or with at_ms > 0 the price in
+-- force at that one instant for every event ("history under today's prices"); one half-up
+-- rounding per event, exactly like ingest. No entry, or one with valid_from <= 0, prices 0;
+-- only "no entry" (valid_from 0) counts as unpriced.
 -- No join over the events: the catalog's price changes inside the window cut it into
 -- segments in which every (name, provider) has one price, so those few prices are looked up
 -- once (ASOF, over names x providers x segments) into arrays; each event finds its entry by
@@ -21,7 +22,8 @@ WITH
         SELECT arrayConcat([{start_ms:Int64}], arraySort(groupUniqArray(valid_from_ms)))
         FROM catalog
         WHERE valid_from_ms > {start_ms:Int64} AND valid_from_ms < {end_ms:Int64}
-    ) AS segment_starts,
+    ) AS changes,
+    if({at_ms:Int64} > 0, [{at_ms:Int64}], changes) AS segment_starts,
     -- (valid_from, input, output, cache_read, cache_write, cache_write_1h) arrays; the entry of
     -- name n, provider p and segment s is at ((n - 1) * length(provs) + p - 1) * length(segment_starts) + s.
     (
@@ -64,7 +66,7 @@ FROM
               transform(lower(provider), provs, arrayEnumerate(provs), 0)) AS prov_n,
            if(name_n = 0 OR prov_n = 0, 0,
               ((name_n - 1) * length(provs) + prov_n - 1) * length(segment_starts)
-              + arrayCount(t -> t <= toUnixTimestamp64Milli(ts), segment_starts)) AS entry
+              + if({at_ms:Int64} > 0, 1, arrayCount(t -> t <= toUnixTimestamp64Milli(ts), segment_starts))) AS entry
     FROM {db}.usage_events FINAL
     WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {filters}
 )

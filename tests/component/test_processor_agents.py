@@ -94,6 +94,7 @@ async def processor(tmp_path: Path, config: RulesConfig = CONFIG, clock: FakeClo
     producer = proc.app.producer = RecordingProducer(proc.app.transport, loop=asyncio.get_running_loop())
     await producer.start()
     proc.policies_ready.set()
+    proc.prices_ready.set()  # no broker here: the catalog given is the one in force
     try:
         yield proc
     finally:

@@ -1,8 +1,9 @@
-"""Prices as live data on the real broker and the real worker (`budgetwarden worker --only
-processor --prices FILE`, LiteLLM's price JSON as the file): it prices with that file; a version
-published with `budgetwarden prices publish` re-prices the events that come after it without a
-restart, a version valid from tomorrow leaves today's events alone; the first event of a model
-with no price raises one `unpriced_model` decision, however many agents use it."""
+"""Prices as live data on the real broker and the real worker (`budgetwarden worker --prices FILE`,
+LiteLLM's price JSON as the file): it prices with that file; a version published with
+`budgetwarden prices publish` re-prices the events that come after it without a restart, a
+version valid from tomorrow leaves today's events alone; the first event of a model with no
+price raises one `unpriced_model` decision, however many agents use it. The sink stores what
+the processor charged, and `budgetwarden reprice` shows history at today's prices beside it."""
 from __future__ import annotations
 
 import asyncio
@@ -72,7 +73,7 @@ async def test_a_published_price_reprices_what_comes_after_it_and_an_unknown_mod
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [str(exe), "worker", "--only", "processor", "--prices", str(litellm_file), "--bootstrap", kafka_bootstrap,
+            [str(exe), "worker", "--prices", str(litellm_file), "--bootstrap", kafka_bootstrap, "--http-port", "0",
              "--data-dir", str(data_dir), "--app-id", topics.prefix.rstrip("."), "--topic-prefix", topics.prefix],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BUDGETWARDEN_CONTROL_KEY": ""})
     status_file = data_dir / "processor.json"
@@ -90,7 +91,7 @@ async def test_a_published_price_reprices_what_comes_after_it_and_an_unknown_mod
         return row["nano_usd_today"] if row and row["events"] == events else None
 
     try:
-        await _until(status_file.exists, "the worker's status file")
+        await _until(lambda: status_file.exists() and (data_dir / "worker.json").exists(), "the worker's start")
         await send("agent-a", "m-base")
         assert await _until(lambda: cost("agent-a", 1), "the first event") == 2_000_000_000  # the --prices file
 
@@ -115,6 +116,22 @@ async def test_a_published_price_reprices_what_comes_after_it_and_an_unknown_mod
         unpriced = [d for d in await _decisions(kafka_bootstrap, topics.decisions) if d.rule == "unpriced_model"]
         assert [(d.subject, d.agent_id, d.action) for d in unpriced] == [("m-unknown", "agent-b", "notify")]
         assert status()["agents"]["agent-b"]["tokens_today"] == 2 * M  # counted in tokens all the same
+
+        async def reprice() -> dict[str, Any]:
+            result = await asyncio.to_thread(CliRunner().invoke, app, [
+                "reprice", "--json", "--since", today, "--data-dir", str(data_dir)])
+            assert result.exit_code == 0, result.output
+            return json.loads(result.stdout)
+
+        rows: dict[str, Any] = {}
+        for _ in range(60):  # until the sink has written all six events
+            rows = {r["key"]: r for r in (await reprice())["rows"]}
+            if sum(r["events"] for r in rows.values()) == 6:
+                break
+            await asyncio.sleep(0.5)
+        base = rows["m-base"]  # charged 2 + 3 + 3 by the sink as by the processor; all three at today's 3
+        assert (base["events"], base["nano_usd"], base["repriced_nano_usd"]) == (3, 8_000_000_000, 9_000_000_000)
+        assert (rows["m-unknown"]["events"], rows["m-unknown"]["unpriced_events"]) == (3, 3)
     except AssertionError as err:
         raise AssertionError(f"{err}\n--- worker log ---\n{log_path.read_text(errors='replace')[-3000:]}") from None
     finally:
