@@ -75,11 +75,34 @@ class PromptFetchConsumer(faust_aiokafka.Consumer):
         self.stop_flow()
         try:
             await super().perform_seek()
+            await self._seek_recovering_changelogs()
         finally:
             if resume:
                 self.resume_flow()
             log.info("processor.seek_end", flow_active=self.flow_active, generation=generation,
                      now_generation=self.app.consumer_generation_id)
+
+
+    async def _seek_recovering_changelogs(self) -> None:
+        """The cause of the rare stall after a rebalance (issue 16 item 7). Faust's fetch loop,
+        when a fetch returns while the flow is stopped, drops the fetched records and calls
+        `perform_seek`, which seeks every assigned partition to its committed offset. Changelog
+        partitions have no committed offset (recovery tracks its own), so aiokafka's
+        `seek_to_committed` leaves them where the dropped fetch moved them: past records that
+        recovery never saw. Recovery then waits for them forever (the watchdog's snapshot of
+        such a stall: positions at highwater + 1, Faust's offsets 44-64 records behind, nothing
+        buffered, flow on, just after a `processor.seek_start` with the flow off). So while a
+        recovery runs, its changelog partitions are sought back to the first offset it has not
+        read; records it did see arrive again and are skipped by offset."""
+        recovery = self.app.tables.recovery
+        if not recovery.in_recovery:
+            return
+        assigned = self.assignment()
+        offsets = {tp: max(0, offset + 1) for tp, offset in recovery.active_offsets.items()
+                   if offset is not None and tp in assigned and recovery.active_highwaters.get(tp, -1) > offset}
+        if offsets:
+            await self.seek_wait(offsets)
+            log.info("processor.changelogs_sought", partitions={f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})
 
 
 def quiet_client_debug_logs() -> None:
