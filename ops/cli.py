@@ -25,12 +25,22 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console entry point; usage errors are one line and a non-zero exit."""
+    """Console entry point; usage errors (an unknown option, a missing value) are one line on
+    stderr and exit 2, like every error the commands report themselves."""
+    from typer.exceptions import TyperException  # typer's click: usage errors derive from it
+
     configure_logging()
     try:
-        app(standalone_mode=True)
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except TyperException as err:
+        message = err.format_message()
+        if message:  # empty: a group called without a command, its help already printed
+            where = getattr(getattr(err, "ctx", None), "command_path", "")
+            sys.stderr.write(f"error: {message}" + (f" (see `{where} --help`)" if where else "") + "\n")
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

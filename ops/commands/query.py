@@ -251,8 +251,9 @@ def register(app: typer.Typer) -> None:
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
-        """Run one read-only SELECT against the store (tables live in database `budgetwarden`;
-        `SELECT name FROM system.tables WHERE database = 'budgetwarden'` lists them). A result
+        """Run one read-only SELECT against the store (tables in database `budgetwarden`).
+
+        `SELECT name FROM system.tables WHERE database = 'budgetwarden'` lists the tables. A result
         too wide for the terminal is shown one `column : value` block per row."""
         rows = _run(data_dir, lambda a: a.sql(query))
         if as_json:

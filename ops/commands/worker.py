@@ -305,6 +305,7 @@ def register(app: typer.Typer) -> None:
         topic_prefix: TopicPrefix = "",
     ) -> None:
         """Remove the whole live override: back to the rules file's entry (or default_agent).
+
         Refused when the key has no live override."""
         _publish_change(dict(agent=agent, user=user, team=team, global_=global_, default_agent=default_agent,
                              rule=rule, delete=True), reason, rules, bootstrap, topic_prefix, as_json=as_json)
@@ -360,7 +361,8 @@ def register(app: typer.Typer) -> None:
         topic_prefix: Annotated[str, typer.Option("--topic-prefix", hidden=True)] = "",
     ) -> None:
         """The effective budgets: the rules file with every published policy applied.
-        `-`: no limit of its own; 0: nothing allowed (the first call is over budget)."""
+
+        A limit not shown: none of its own; 0: nothing allowed (the first call is over budget)."""
         from schemas.errors import ConfigError
         from schemas.topics import Topics
         from streams.policies import effective_config, render_rows
