@@ -19,7 +19,7 @@ from schemas.money import format_usd
 from schemas.clock import Clock
 from schemas.calendar import HOUR_MS
 from streams.rules_config import Ladder, RulesConfig, SpikeParams, TaskLadder, WindowLadder
-from streams.state import HASHES_CAP, RESULTS_CAP, TOOLS_CAP, TURNS_CAP, AgentState, TaskState
+from streams.state import HASHES_CAP, TOOLS_CAP, TURNS_CAP, AgentState, TaskState
 from streams.windows import hour_start
 
 # rule → (severity, action); estimate_overrun has two levels.
@@ -246,9 +246,14 @@ def _simhash(value: str) -> int:
 
 
 def _loop(config: RulesConfig, task: TaskState, event: UsageEvent, step: int) -> tuple[int, str] | None:
-    """(repeats, what repeated) when the event closes a loop: `repeats` of one prompt_hash,
-    turn_hash or tool_hash, or of turns within `simhash_distance` bits of this one's SimHash,
-    within the last `within_steps` steps. Updates the task's recent hashes and turns."""
+    """(repeats, what repeated) when the event closes a loop: `repeats` of one prompt_hash, of one
+    (turn_hash, tool_hash) pair, or of turns within `simhash_distance` bits of this one's SimHash
+    answered with the same call, within the last `within_steps` steps. Updates the task's recent hashes and turns.
+
+    A pair: the same call made on the same newest turn, which is what a stuck agent does. A turn
+    alone repeats in legitimate work (a tool that answers "saved" to different calls), and so
+    does a call alone (polling a job whose answer moves on): `bench detection` measured both
+    as the main sources of false kills."""
     params = config.rules.loop_detected
     within, need = params.within_steps, params.repeats
     found: tuple[int, str] | None = None
@@ -273,22 +278,18 @@ def _loop(config: RulesConfig, task: TaskState, event: UsageEvent, step: int) ->
     if found is not None:
         return found
     distance = params.simhash_distance if sim >= 0 else -1
-    same_turn = same_tool = near = 0
+    same = near = 0
     for s, turn_hash, tool_hash, other in turns:
         if s <= step - within:
             continue
-        if event.turn_hash and turn_hash == event.turn_hash:
-            same_turn += 1
-        if event.tool_hash and tool_hash == event.tool_hash:
-            same_tool += 1
-        if distance >= 0 and other >= 0 and (other ^ sim).bit_count() <= distance:
+        if event.turn_hash and turn_hash == event.turn_hash and tool_hash == event.tool_hash:
+            same += 1
+        if distance >= 0 and other >= 0 and tool_hash == event.tool_hash and (other ^ sim).bit_count() <= distance:
             near += 1
-    if same_turn >= need:
-        return same_turn, "newest turn repeated"
-    if same_tool >= need:
-        return same_tool, "same tool call repeated"
+    if same >= need:
+        return same, "same call on the same newest turn" if event.tool_hash else "same newest turn, no tool call"
     if near >= need:
-        return near, f"near-identical turns (SimHash within {distance} bits)"
+        return near, f"near-identical turns, same call (SimHash within {distance} bits)"
     return None
 
 
@@ -312,6 +313,7 @@ def _fingerprint_hits(config: RulesConfig, task: TaskState, event: UsageEvent, n
     hits: list[dict[str, Any]] = []
     head = f"Agent {name} may be looping: {task.tokens} tokens/task"
     cycle = rules.tool_cycle_detected
+    producer = task.tools[-1] if task.tools else ""  # the call whose result this event's turn carries
     if event.tool_hash:
         tools = task.tools
         tools.append(event.tool_hash)
@@ -324,15 +326,14 @@ def _fingerprint_hits(config: RulesConfig, task: TaskState, event: UsageEvent, n
                              message=f"{head} (a cycle of {period} tool calls repeated {cycle.repeats}x "
                                      f"in task {task_id})"))
     progress = rules.no_progress_detected
-    if event.result_hash:
-        results = task.results
-        seen = results.pop(event.result_hash, 0) + 1
-        if len(results) >= RESULTS_CAP:
-            del results[next(iter(results))]
-        results[event.result_hash] = seen
+    if event.result_hash:  # `results`: the latest (call, result) and how many times in a row it came back
+        key = f"{producer}|{event.result_hash}"
+        seen = task.results.get(key, 0) + 1
+        task.results = {key: seen}
         if progress.enabled and seen >= progress.repeats:
             hits.append(dict(rule="no_progress_detected", observed=seen, limit=progress.repeats, unit="tokens",
-                             message=f"{head} (no progress: the same tool result {seen}x in task {task_id})"))
+                             message=f"{head} (no progress: the same call returned the same result {seen}x in a row "
+                                     f"in task {task_id})"))
     storm = rules.retry_storm_detected
     task.errors = task.errors + 1 if event.status in ("error", "retry") else 0
     if storm.enabled and task.errors >= storm.consecutive:

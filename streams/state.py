@@ -24,7 +24,6 @@ FIRED_CAP = 512
 HASHES_CAP = 256  # recent (step, prompt_hash) per task, for loop detection
 TURNS_CAP = 256  # recent (step, turn_hash, tool_hash, simhash) per task (also cut to loop_detected.within_steps)
 TOOLS_CAP = 128  # recent tool_hash per task, for tool-call cycles (also cut to repeats x max_period)
-RESULTS_CAP = 64  # result_hash -> times seen, per task (least recently seen forgotten)
 AGENTS_PER_DIM_CAP = 64
 POS_SHIFT = 44  # position = partition << 44 | offset
 TYPES_CAP = 16  # task types whose sizes an agent learns (least recently ended forgotten)
@@ -61,7 +60,7 @@ class TaskState(Struct, array_like=True):
     ended: bool = False  # a task_end (or the idle sweep) ended it: its size was learned, or never will be
     turns: list[tuple[int, str, str, int]] = []  # recent (step, turn_hash, tool_hash, simhash or -1)
     tools: list[str] = []  # recent tool_hash, oldest first (tool-call cycles)
-    results: dict[str, int] = {}  # result_hash -> times returned in the task, least recently seen first
+    results: dict[str, int] = {}  # "call|result" of the latest tool result -> times in a row (one entry)
     errors: int = 0  # consecutive events with status error / retry (retry storms)
     holds: dict[str, int] = {}  # rule -> events of the task its condition held on (ladder evidence; one per rule)
 

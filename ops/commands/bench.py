@@ -249,6 +249,55 @@ def bench_estimates(
     print(f"({result['types']} task types of {result['agents']} agents, {result['events']:,} events through the engine)")
 
 
+@bench_app.command("detection")
+def bench_detection(
+    traces: Annotated[Optional[Path], typer.Option("--traces", help="Trace file (JSON Lines, one model call a line).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label file ({task_id: \"loop\" | \"ok\"}).")] = None,
+    tasks: Annotated[int, typer.Option("--tasks", min=10, help="Tasks generated without --traces.")] = 1_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated traces.")] = 17,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Also write the generated traces.jsonl and labels.json here.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Loop rules on labelled traces (client fingerprints, real engine, fake clock) vs the whole-prompt-hash rule."""
+    from ops.bench import detection_traces
+    from ops.bench.detection import TARGETS, run
+
+    if (traces is None) != (labels is None):
+        fail("give --traces and --labels together (or neither, to generate traces)")
+    if traces is not None and labels is not None:
+        try:
+            _, label_map = detection_traces.read(str(traces), str(labels))
+        except (OSError, ValueError) as err:
+            fail(f"--labels {labels}: {err}")
+        result = run(lambda: detection_traces.read(str(traces), str(labels))[0], label_map, progress)
+    else:
+        progress(f"generating {tasks:,} labelled tasks (seed {seed})")
+        lines, label_map = detection_traces.generate(tasks, seed=seed)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            detection_traces.write(lines, label_map, str(save / "traces.jsonl"), str(save / "labels.json"))
+        result = run(lambda: iter(lines), label_map, progress)
+    if as_json:
+        emit_json(result)
+        return
+    rules, base = result["rules"], result["baseline"]
+    print(f"{rules['loop_tasks']} loop tasks, {rules['ok_tasks']} ok tasks, {result['events']:,} calls")
+    print(f"{'':<24}{'recall':>8}{'false kills':>13}{'median steps':>14}{'median $ to kill':>18}")
+    for name, r in (("rules (all detectors)", rules), ("baseline (prompt_hash)", base)):
+        print(f"{name:<24}{r['recall']:>7}%{r['false_kill_pct']:>12}%{str(r['median_steps_to_kill']):>14}"
+              f"{str(r['median_usd_before_kill']):>18}")
+    for rule, d in rules["detectors"].items():
+        print(f"  {rule:<22}{d['loops_killed']:>7} loops{d['false_kills']:>8} ok{str(d['median_steps_to_kill']):>14}"
+              f"{str(d['median_usd_before_kill']):>18}")
+    for kind, k in rules["kinds"].items():
+        shown = f"{k['killed']} of {k['tasks']} killed" if k["label"] == "loop" else f"{k['false_kills']} of {k['tasks']} falsely killed"
+        print(f"  {kind:<22}{k['label']:>5}  {shown}")
+    print(f"$ spent by loops until killed: {rules['usd_before_kills']}; in loops never killed: "
+          f"{rules['usd_in_missed_loops']}; all loops with no rule: {result['usd_in_loops_unchecked']}")
+    print(f"targets: recall >= {TARGETS['recall']}%, false kills <= {TARGETS['false_kill_pct']}%, "
+          f"median <= {TARGETS['median_steps_to_kill']} steps")
+
+
 # --- everything, and the soak ------------------------------------------------------------
 
 

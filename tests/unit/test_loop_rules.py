@@ -46,7 +46,8 @@ def test_new_rules_kill_the_task_at_p1() -> None:
         assert RULE_TABLE[rule] == ("P1", "kill_task")
     rules = RulesConfig().rules
     assert (rules.loop_detected.simhash_distance, rules.tool_cycle_detected.repeats, rules.tool_cycle_detected.max_period,
-            rules.no_progress_detected.repeats, rules.retry_storm_detected.consecutive) == (3, 3, 4, 5, 8)
+            rules.no_progress_detected.repeats, rules.retry_storm_detected.consecutive) == (3, 2, 4, 12, 5)
+    assert rules.loop_detected.repeats == 12  # the defaults `bench detection` measured (README, Performance)
 
 
 def test_turn_hash_repeats_are_a_loop_at_n_within_m_steps_only() -> None:
@@ -57,15 +58,20 @@ def test_turn_hash_repeats_are_a_loop_at_n_within_m_steps_only() -> None:
     assert h.send(task_id="t2", step=14, turn_hash="a").decisions == []  # other tasks are apart
 
 
-def test_tool_hash_repeats_are_a_loop_and_the_message_says_so() -> None:
+def test_the_same_call_on_the_same_turn_is_a_loop_a_call_or_a_turn_alone_is_not() -> None:
     h = Harness({"loop_detected": {"repeats": 3, "within_steps": 5}})
-    assert h.run([{"step": 1, "tool_hash": "x", "turn_hash": "a"}, {"step": 2, "tool_hash": "x", "turn_hash": "b"}]) == []
-    out = h.send(step=3, tool_hash="x", turn_hash="c")
+    # the same call on newest turns that move on (a job polled until done), then the same
+    # acknowledgement after other calls (writes answering "ok"): no loop
+    assert h.run([{"step": s, "tool_hash": "x", "turn_hash": f"t{s}"} for s in (1, 2, 3)]) == []
+    assert h.run([{"step": s, "tool_hash": f"w{s}", "turn_hash": "ok"} for s in (4, 5, 6)]) == []
+    assert h.run([{"step": 7, "tool_hash": "x", "turn_hash": "a"}, {"step": 8, "tool_hash": "x", "turn_hash": "a"}]) == []
+    out = h.send(step=9, tool_hash="x", turn_hash="a")
     [d] = out.decisions
     assert (d.rule, d.action, d.severity, d.observed, d.limit) == ("loop_detected", "kill_task", "P1", 3, 3)
-    assert "same tool call repeated 3x within 5 steps" in d.message and d.message.startswith("Agent bot may be looping")
+    assert "same call on the same newest turn 3x within 5 steps" in d.message
+    assert d.message.startswith("Agent bot may be looping")
     assert [(c.command, c.task_id) for c in out.commands] == [("kill_task", "t")]
-    assert h.send(step=4, tool_hash="x").decisions == []  # once per task
+    assert h.send(step=10, tool_hash="x", turn_hash="a").decisions == []  # once per task
 
 
 def _near(n: int, bits: list[int]) -> str:
@@ -87,33 +93,39 @@ def test_near_identical_turns_within_the_distance_are_a_loop_and_farther_ones_ar
 
 
 def test_a_tool_cycle_of_period_2_to_4_repeated_r_times() -> None:
-    h = Harness()
+    h = Harness({"tool_cycle_detected": {"repeats": 3}})
     assert h.run([{"tool_hash": t} for t in "ABABA"]) == []  # 2.5 repeats
     assert h.run([{"tool_hash": "B"}]) == [(0, "tool_cycle_detected", "kill_task")]
-    h = Harness()
+    h = Harness({"tool_cycle_detected": {"repeats": 3}})
     assert h.run([{"tool_hash": t} for t in "ABCDABCDABC"]) == []
     out = h.send(tool_hash="D")
     [d] = out.decisions
     assert (d.rule, d.severity, d.action) == ("tool_cycle_detected", "P1", "kill_task") and "cycle of 4" in d.message
     h = Harness()
-    assert h.run([{"tool_hash": t} for t in "ABCDEABCDEABCDE"]) == []  # period 5 > max_period 4
+    assert h.run([{"tool_hash": t} for t in "ABCDEABCDEABCDE"]) == []  # period 5 > max_period 4 (2 repeats by default)
+    assert Harness().run([{"tool_hash": t} for t in "ABCAB"]) == []
+    assert Harness().run([{"tool_hash": t} for t in "ABCABC"]) == [(5, "tool_cycle_detected", "kill_task")]
     assert Harness().run([{"tool_hash": t} for t in "AAAA"]) == []  # one call repeated is loop_detected's
     h = Harness({"tool_cycle_detected": {"repeats": 4}})
     assert h.run([{"tool_hash": t} for t in "ABABAB"]) == []
 
 
-def test_no_progress_when_the_same_result_comes_back_n_times_in_a_task() -> None:
-    h = Harness()
-    trace = [{"result_hash": r} for r in ("r1", "r2", "r1", "r1", "r3", "r1")]
-    assert h.run(trace) == []  # r1: 4 times
-    out = h.send(result_hash="r1")
+def test_no_progress_when_the_same_call_returns_the_same_result_n_times_in_a_row() -> None:
+    h = Harness({"no_progress_detected": {"repeats": 5}})
+    trace = [{"result_hash": r, "tool_hash": "poll"} for r in ("r1", "r1", "r1", "r2", "r1", "r1", "r1")]
+    assert h.run(trace) == []  # r1 three times in a row at most
+    assert h.run([{"result_hash": "r1", "tool_hash": f"write{i}"} for i in range(8)]) == []  # other calls each time
+    # the first answers the last write; then "poll" answers "r1" four times in a row
+    assert h.run([{"result_hash": "r1", "tool_hash": "poll"}] * 5) == []
+    out = h.send(result_hash="r1", tool_hash="poll")  # the 5th
     [d] = out.decisions
     assert (d.rule, d.action, d.observed, d.limit) == ("no_progress_detected", "kill_task", 5, 5)
-    assert h.run([{"result_hash": "r1", "task_id": "other"}] * 4) == []
+    assert "the same call returned the same result 5x in a row" in d.message
+    assert h.run([{"result_hash": "r1", "tool_hash": "poll", "task_id": "other"}] * 4) == []
 
 
 def test_a_retry_storm_is_n_consecutive_errors_or_retries() -> None:
-    h = Harness()
+    h = Harness({"retry_storm_detected": {"consecutive": 8}})
     assert h.run([{"status": "error"}] * 7 + [{"status": "ok"}] + [{"status": "retry"}] * 7) == []
     assert h.run([{"status": "error"}]) == [(0, "retry_storm_detected", "kill_task")]
     h = Harness({"retry_storm_detected": {"consecutive": 8, "enabled": False}})
@@ -178,9 +190,9 @@ def test_labelled_trace_a_looping_agent_with_a_growing_prompt_is_caught_by_finge
     trace = _looping_agent(8)
     assert len({e["prompt_hash"] for e in trace}) == 8  # the whole prompt never repeats
     assert len({e["turn_hash"] for e in trace}) == 1 and len({e["tool_hash"] for e in trace}) == 1
-    fired = Harness().run(trace)
-    assert fired[0] == (4, "loop_detected", "kill_task")  # the 5th identical turn (repeats 5 within 20 steps)
-    assert (4, "no_progress_detected", "kill_task") in fired
+    fired = Harness({"loop_detected": {"repeats": 5}, "no_progress_detected": {"repeats": 5}}).run(trace)
+    assert fired[0] == (4, "loop_detected", "kill_task")  # the 5th identical call on the same turn
+    assert (5, "no_progress_detected", "kill_task") in fired  # the call's 5th same answer (the 1st had no caller)
     # without fingerprints (a prompt_hash only), the same agent is never caught
     assert Harness().run([{"step": e["step"], "prompt_hash": e["prompt_hash"]} for e in trace]) == []
 
