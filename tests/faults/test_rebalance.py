@@ -72,6 +72,8 @@ async def test_two_workers_one_stopped_mid_stream_the_other_takes_over_with_exac
 
     truth = Truth.of(events)
     await second.processor_matches(truth, timeout_s=25)
+    # exact by itself, not because the recovery watchdog re-seeked a stalled recovery
+    assert second.status()["stats"]["recovery_stalls"] == 0, second.log_tail(6000)
     # The surviving sink writes a batch at most every second: the processor can match before it has.
     first_rows = await stopped_store_sql(first, ROWS)
 
