@@ -199,6 +199,14 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
 
 # --- the worker --------------------------------------------------------------------------------
 
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class WorkerProcess:
     """`budgetwarden worker` in a subprocess on topics under `topic_prefix`; logs in `log_path`."""
 
@@ -250,7 +258,7 @@ class WorkerProcess:
         self.launch()
         ready = [self.data_dir / "processor.json"] * self.runs_processor + [self.data_dir / "worker.json"] * self.runs_sink
         deadline = time.monotonic() + timeout_s
-        while not all(p.exists() for p in ready):
+        while not all(_readable_json(p) for p in ready):  # exists is not enough: caught half-written once
             assert self.proc is not None and self.proc.poll() is None, self.log_tail()
             assert time.monotonic() < deadline, "worker did not start:\n" + self.log_tail()
             await asyncio.sleep(0.2)

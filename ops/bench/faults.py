@@ -258,8 +258,8 @@ async def one_run(broker: KafkaBroker, workdir: Path, run_no: int, seed: int, fa
                 report.setdefault("died", []).append(w.dir.name)
                 await w.start(timeout_s=120)
         report["layers"] = await settle(run, events, settle_s)
-    except AssertionError as err:  # a worker that would not start
-        report["error"] = str(err)[-400:]
+    except Exception as err:  # noqa: BLE001 - a run that broke (a worker that would not start) is a failed run
+        report["error"] = f"{type(err).__name__}: {err}"[-400:]
     finally:
         for w in everyone:
             w.ensure_stopped()
