@@ -110,6 +110,12 @@ class UsageColumns:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def set_catalog(self, catalog: PriceCatalog) -> None:
+        """Price the events appended from now on with `catalog` (a version published on
+        `budget.prices`); the rows already here keep the prices they were given."""
+        self.catalog = catalog
+        self._spans = {}
+
     def append(self, e: UsageEvent, partition: int, offset: int, ingested_ms: int) -> None:
         self.append_all([e], [offset], partition, ingested_ms)
 

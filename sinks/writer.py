@@ -243,8 +243,10 @@ class SinkWriter:
         self._batch = self._new_batch()
 
     def set_catalog(self, catalog: PriceCatalog) -> None:
-        """Price from the next batch on with `catalog` (a version published on `budget.prices`)."""
+        """Price the events taken from now on with `catalog` (a version published on `budget.prices`),
+        in the batch being filled too."""
         self._catalog = catalog
+        self._batch.usage.set_catalog(catalog)
 
     def _new_batch(self) -> Batch:
         return Batch(UsageColumns(self._catalog), self.topics.usage)
