@@ -41,11 +41,16 @@ rules:
 
 
 class Worker:
-    def __init__(self, bootstrap: str, directory: Path) -> None:
+    """`args`: what it runs (the processor alone here; other modules add the sink and its port)."""
+
+    def __init__(self, bootstrap: str, directory: Path, rules: str = RULES, prefix: str = PREFIX,
+                 args: tuple[str, ...] = ("--only", "processor")) -> None:
         self.bootstrap = bootstrap
         self.dir = directory
+        self.prefix = prefix
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
-        (directory / "rules.yaml").write_text(RULES)
+        (directory / "rules.yaml").write_text(rules)
 
     def start(self) -> None:
         status = self.dir / "var" / "processor.json"
@@ -53,8 +58,8 @@ class Worker:
         exe = Path(sys.executable).with_name("budgetwarden")
         self.log = open(self.dir / "worker.log", "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "worker", "--bootstrap", self.bootstrap, "--only", "processor", "--rules", str(self.dir / "rules.yaml"),
-             "--data-dir", str(self.dir / "var"), "--app-id", PREFIX.rstrip("."), "--topic-prefix", PREFIX],
+            [str(exe), "worker", "--bootstrap", self.bootstrap, *self.args, "--rules", str(self.dir / "rules.yaml"),
+             "--data-dir", str(self.dir / "var"), "--app-id", self.prefix.rstrip("."), "--topic-prefix", self.prefix],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "BUDGETWARDEN_CONTROL_KEY": "itkey"},
         )
         deadline = time.monotonic() + 60
@@ -99,9 +104,9 @@ async def produce(bootstrap: str, values: list[tuple[str, bytes]]) -> None:
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, until: Any = None, timeout: float = 15.0) -> list[bytes]:
+async def read_all(bootstrap: str, topic: str, until: Any = None, timeout: float = 15.0, prefix: str = PREFIX) -> list[bytes]:
     """Every message on the topic; waits until `until(messages)` is true (or the timeout)."""
-    consumer = AIOKafkaConsumer(PREFIX + topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(prefix + topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     out: list[bytes] = []
