@@ -9,7 +9,8 @@ client's TaskKilled does: its later lines are skipped. Two runs over the same tr
 - `rules`: the shipped rule thresholds (streams/rules.default.yaml), events carrying the
   fingerprints and no prompt_hash;
 - `baseline`: what existed before fingerprints: a prompt_hash of the whole conversation on
-  every event, `loop_detected` at its shipped thresholds, no other detector (retry storms off).
+  every event, `loop_detected` at its thresholds of then (5 repeats within 20 steps), no other
+  detector (retry storms off).
 
 Both runs isolate detection: no task, step, hourly or daily budget and no learned estimates
 (those stop runaways by size, whatever their shape, and are measured by `bench estimates`).
@@ -42,6 +43,7 @@ from streams.rules_config import Budgets, RulesConfig, load_rules
 
 Lines = Callable[[], Iterable[dict[str, Any]]]
 TARGETS = {"recall": 95.0, "false_kill_pct": 0.5, "median_steps_to_kill": 6}
+BASELINE_LOOP = {"repeats": 5, "within_steps": 20}  # loop_detected as shipped before fingerprints
 
 
 def _configs() -> dict[str, RulesConfig]:
@@ -52,7 +54,8 @@ def _configs() -> dict[str, RulesConfig]:
         shipped, budgets=budgets, rules=msgspec.structs.replace(
             rules, estimate_overrun=msgspec.structs.replace(rules.estimate_overrun, learn_min_tasks=0)))
     baseline = msgspec.structs.replace(detection, rules=msgspec.structs.replace(
-        detection.rules, retry_storm_detected=msgspec.structs.replace(rules.retry_storm_detected, enabled=False)))
+        detection.rules, retry_storm_detected=msgspec.structs.replace(rules.retry_storm_detected, enabled=False),
+        loop_detected=msgspec.structs.replace(rules.loop_detected, **BASELINE_LOOP)))
     return {"rules": detection, "baseline": baseline}
 
 
