@@ -87,8 +87,8 @@ def ddl_statements(database: str, ttl_days: int | None = None, rollup_ttl_days: 
     # events is not dropped on arrival); rollups and the decision audit trail: their own, longer
     ttl = f"TTL toDateTime(intDiv(greatest(ts_ms, ingested_ms), 1000)) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
     rollup_ttl = f"TTL bucket + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
-    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     audit_ttl = f"TTL toDateTime(ts) + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     text = (text.replace("{db}", database).replace("{ttl}", ttl).replace("{rollup_ttl}", rollup_ttl)
             .replace("{audit_ttl}", audit_ttl))
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
