@@ -13,7 +13,11 @@ Shape of `live_status()` (streams.app), JSON-ready, money as nano-USD ints:
      "dimensions": {"global"|"user:u"|"team:t"|"model:m": {"tokens_today": int, "nano_usd_today": int,
                     "daily_tokens": int|None, "daily_nano_usd": int|None, "percent": float|None,
                     "periods": {"week"|"month": PERIOD}}},
-     "recent_decisions": [Decision as dict, newest last]}
+     "recent_decisions": [Decision as dict, newest last],
+     "stats": {name: int}, "ready": {"policies_ready": bool, "tables_recovered": bool},
+     "lag": [[topic, partition, records], ...],
+     "tallies": {"decisions": [[rule, action, n], ...], "commands": [[command, n], ...],
+                 "dead_letters": [[reason, n], ...]}}  # what sinks.metrics turns into /metrics
 
     PERIOD = {"tokens": int, "nano_usd": int, "limit_tokens": int|None, "limit_nano_usd": int|None,
               "percent": float|None}  # this calendar week or month in the rules' time zone

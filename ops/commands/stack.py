@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What of the local stack runs: broker, worker, liveness (/healthz), readiness (/readyz) and consumer lag."""
         status = {**Stack(data_dir=data_dir).status(), **worker_health(data_dir)}
-        # Stack knows the port `up` was given only now; the worker wrote where it listens
+        # Stack assumes the default port unless told; the worker wrote where it really listens
         status["dashboard"] = status["dashboard"] or (status["url"] and f"{status['url']}/")
         if as_json:
             print_json(status)
