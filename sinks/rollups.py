@@ -57,10 +57,13 @@ class Rollups:
         days = {_floor(h, DAY_MS) for h in late if _floor(h, DAY_MS) + DAY_MS <= mark}
         open_hour = _floor(now_ms, HOUR_MS)
         if open_hour > mark:
-            start = mark or self._first_hour(store, open_hour)
-            for chunk in range(start, open_hour, DAY_MS):  # a day at a time: bounded memory on a first build
+            # a day at a time (bounded memory); a first build only over the days that hold rows
+            # (an imported event from years ago must not cost a query per empty day since)
+            starts = list(range(mark, open_hour, DAY_MS)) if mark else self._days_with_rows(store, open_hour)
+            for chunk in starts:
                 self.rebuild_hours(store, chunk, min(chunk + DAY_MS, open_hour), now_ms)
-            days.update(d for d in range(_floor(start, DAY_MS), open_hour, DAY_MS) if mark < d + DAY_MS <= open_hour)
+            closed = range(_floor(mark, DAY_MS), open_hour, DAY_MS) if mark else starts
+            days.update(d for d in closed if mark < d + DAY_MS <= open_hour)
         for day in sorted(days):
             self.rebuild_days(store, day, day + DAY_MS, now_ms)
         if open_hour > mark:
@@ -74,12 +77,11 @@ class Rollups:
     def rebuild_days(self, store: Store, start_ms: int, end_ms: int, built_ms: int) -> None:
         store.command(_filled("rollup_days", store, start_ms, end_ms, built_ms))
 
-    def _first_hour(self, store: Store, open_hour: int) -> int:
-        """Where a first build starts: the oldest raw row's hour (the open hour when there is none)."""
-        rows = store.query(f"SELECT toInt64(min(ts_ms)) AS t, count() AS n FROM {store.database}.usage_events")
-        if not rows or not int(rows[0]["n"]):
-            return open_hour
-        return min(open_hour, _floor(int(rows[0]["t"]), HOUR_MS))
+    def _days_with_rows(self, store: Store, open_hour: int) -> list[int]:
+        """The UTC days before the open hour that hold raw rows (where a first build works)."""
+        rows = store.query(f"SELECT DISTINCT toInt64(toUnixTimestamp(toStartOfDay(ts))) * 1000 AS d "
+                           f"FROM {store.database}.usage_events WHERE ts_ms < {int(open_hour)} ORDER BY d")
+        return [int(r["d"]) for r in rows]
 
 
 def _filled(name: str, store: Store, start_ms: int, end_ms: int, built_ms: int) -> str:

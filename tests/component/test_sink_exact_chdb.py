@@ -213,3 +213,23 @@ def test_a_bad_row_is_still_bisected_out_alone(store: ChdbStore) -> None:
     dead = store.query(f"SELECT event_id, reason FROM {store.database}.dead_letters")
     assert [d["event_id"] for d in dead] == ["p"] and "no_poison" in dead[0]["reason"]
     assert raw_count(store, final=False) == 63
+
+
+def test_a_first_build_works_only_on_the_days_that_hold_rows(store: ChdbStore) -> None:
+    """A store from before the rollups, with an imported event from three years ago: the first
+    build rebuilds two days, not a thousand empty ones, and is exact."""
+    old = events(5, "old", DAY0 - 3 * 365 * DAY_MS)
+    recent = events(40, "new", DAY0)
+    store.insert_usage(batch_of(old + recent, 0).usage)
+
+    class Counting(Rollups):
+        calls = 0
+
+        def rebuild_hours(self, store: Any, start_ms: int, end_ms: int, built_ms: int) -> None:
+            Counting.calls += 1
+            super().rebuild_hours(store, start_ms, end_ms, built_ms)
+
+    now = DAY0 + 3 * DAY_MS
+    Counting().after_write(store, [], now)
+    assert Counting.calls == 2
+    assert_rollups_exact(store, now)
