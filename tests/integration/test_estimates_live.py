@@ -26,7 +26,10 @@ from schemas.codec import decode_decision
 from schemas.contract import Decision
 from schemas.topics import Topics
 from streams.client import BudgetClient, TaskKilled
+from sinks.access import owner_url
+from sinks.http_json import ApiError, get_json
 from streams.kafka import KafkaSecurity
+from streams.settings import WorkerSettings
 from tests.integration.test_processor_fleet import Worker, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -53,9 +56,27 @@ def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
     w = Worker(kafka_bootstrap, tmp_path_factory.mktemp("estimates"), RULES, PREFIX,
                ("--http-port", str(_free_port())))
     w.start()
+    _until_ready(w)
     yield w
     if w.proc is not None and w.proc.poll() is None:
         w.stop()
+
+
+def _until_ready(worker: Worker, timeout_s: float = 90.0) -> None:
+    """Until the worker's API answers /readyz (the sink writes, policies and prices read): the CLI
+    then asks it instead of opening the store the worker holds."""
+    settings = WorkerSettings(data_dir=worker.dir / "var")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        url = owner_url(settings)
+        if url is not None:
+            try:
+                get_json(url, "/readyz", 5)
+                return
+            except (ApiError, OSError):
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"the worker's API was not ready in {timeout_s} s")
 
 
 @pytest.fixture
