@@ -34,6 +34,7 @@ import msgspec
 from schemas.clock import FakeClock
 from schemas.codec import encode
 from schemas.contract import Limits, UsageEvent
+from schemas.errors import InputError
 from schemas.money import format_usd
 from schemas.normalize import normalize
 from schemas.pricing import PriceCatalog
@@ -101,15 +102,19 @@ def replay(lines: Iterable[dict[str, Any]], config: RulesConfig, baseline: bool,
     engine = Engine(config, clock, catalog)
     tasks: dict[str, dict[str, Any]] = {}
     n = 0
-    for line in lines:
-        task = tasks.setdefault(line["task_id"], {"killed": False, "at_step": None, "rule": None, "nano": 0})
-        if task["killed"]:
-            continue  # the client raised TaskKilled: the agent made no more calls in this task
+    for number, line in enumerate(lines, 1):
+        try:
+            task = tasks.setdefault(line["task_id"], {"killed": False, "at_step": None, "rule": None, "nano": 0})
+            if task["killed"]:
+                continue  # the client raised TaskKilled: the agent made no more calls in this task
+            ev = _event(line, n + 1, baseline)
+            nano = _nano(line, catalog)
+        except (KeyError, TypeError, ValueError, msgspec.ValidationError) as err:
+            raise InputError(f"trace line {number}", f"{type(err).__name__}: {err}"[:300]) from None
         n += 1
-        ev = _event(line, n, baseline)
         if ev.ts_ms > clock.now:
             clock.now = ev.ts_ms
-        task["nano"] += _nano(line, catalog)
+        task["nano"] += nano
         out = engine.process([RawMessage(ev.agent_id.encode(), encode(ev), "usage.events", 0, n)])
         for d in out.decisions:
             if d.action == "kill_task" and d.task_id == ev.task_id and not task["killed"]:

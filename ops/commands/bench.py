@@ -269,7 +269,10 @@ def bench_detection(
             _, label_map = detection_traces.read(str(traces), str(labels))
         except (OSError, ValueError) as err:
             fail(f"--labels {labels}: {err}")
-        result = run(lambda: detection_traces.read(str(traces), str(labels))[0], label_map, progress)
+        try:
+            result = run(lambda: detection_traces.read(str(traces), str(labels))[0], label_map, progress)
+        except (OSError, ValueError) as err:  # InputError: a trace line that is not a model call
+            fail(f"--traces {traces}: {err}")
     else:
         progress(f"generating {tasks:,} labelled tasks (seed {seed})")
         lines, label_map = detection_traces.generate(tasks, seed=seed)

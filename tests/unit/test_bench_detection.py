@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ops.bench.detection import run, score
 from ops.bench.detection_traces import LOOP_KINDS, OK_KINDS, generate, read, write
+from schemas.errors import InputError
 from streams.client.fingerprint import fingerprint
 
 
@@ -51,3 +54,10 @@ def test_the_bench_kills_stuck_loops_spares_ok_tasks_and_beats_the_baseline() ->
             assert not t["killed"], (tid, t)
     assert result["false_kill_pct"] == 0.0 and result["recall"] > result["baseline_recall"]
     assert set(result) >= {"recall", "false_kill_pct", "median_steps_to_kill", "baseline_recall", "per_task"}
+
+
+def test_a_trace_line_that_is_not_a_model_call_names_its_line() -> None:
+    lines, labels = generate(2, seed=1)
+    broken = [*lines[:3], {"task_id": lines[0]["task_id"], "agent_id": "a"}]
+    with pytest.raises(InputError, match="trace line 4: NormalizeError: usage"):
+        run(lambda: iter(broken), labels)
