@@ -9,7 +9,9 @@ own data dirs) fed by the seeded fleet, and three rebalances:
   3. `join`: the killed worker comes back; both restore their share from the changelogs.
 After each, the live processors' per-agent totals (tokens and nano-dollars) must equal what was
 sent. A phase that does not get there within `phase_timeout_s` with the processors short of the
-truth is a stall (they stopped counting); a run is exact when every phase matched. The workers'
+truth is a stall (they stopped counting), unless the next phase is short by exactly the same
+tokens: then the events were lost for good while counting went on (`lost`, see
+`losses_apart`). A run is exact when every phase matched. The workers'
 logs of a run that was not exact are kept in `logs_dir` (tasks' stacks included: SIGUSR1).
 The recovery watchdog's re-seeks (`processor.recovery_stalled` in a log) are counted apart:
 a run the watchdog rescued is exact, and still says it needed rescuing.
@@ -86,7 +88,7 @@ async def settle(workers: list[WorkerProcess], truth: Truth, timeout_s: float) -
     while time.monotonic() - started < timeout_s:
         got = live_totals(workers)
         if got == want:
-            return {"exact": True, "stalled": False, "seconds": round(time.monotonic() - started, 1)}
+            return {"exact": True, "stalled": False, "seconds": round(time.monotonic() - started, 1), "short_tokens": 0}
         if not stacks_taken and time.monotonic() - started > STACKS_AFTER_S:
             stacks_taken = True  # while it is stuck: every task's stack into the workers' logs
             for w in workers:
@@ -96,7 +98,18 @@ async def settle(workers: list[WorkerProcess], truth: Truth, timeout_s: float) -
     counted = sum(t for t, _ in got.values())
     expected = sum(t for t, _ in want.values())
     return {"exact": False, "stalled": counted < expected, "seconds": round(timeout_s, 1),
-            "tokens_counted": counted, "tokens_sent": expected}
+            "tokens_counted": counted, "tokens_sent": expected, "short_tokens": expected - counted}
+
+
+def losses_apart(phases: dict[str, Any]) -> None:
+    """A phase short by exactly what the phase before it was short lost those events for good
+    and counted all of its own: that is lost counting, not a stall (a stalled processor does not
+    count the new phase's events either). Both phases are relabelled `lost`."""
+    ordered = [p for p in phases.values() if "short_tokens" in p]
+    for before, after in zip(ordered, ordered[1:]):
+        if before["short_tokens"] > 0 and after["short_tokens"] == before["short_tokens"]:
+            for phase in (before, after):
+                phase["stalled"], phase["lost"] = False, True
 
 
 def log_marks(worker: WorkerProcess, mark: str) -> int:
@@ -143,9 +156,11 @@ async def one_run(bootstrap: str, workdir: Path, run: int, seed: int, phase_time
     finally:
         for w in both:
             w.ensure_stopped()
+    losses_apart(phases)
     return {
         "run": run, "exact": all(p["exact"] for p in phases.values()),
         "stalled": any(p.get("stalled") for p in phases.values()),
+        "lost": any(p.get("lost") for p in phases.values()),
         "reseeks": sum(log_marks(w, STALL_MARK) for w in both), "events": len(sent),
         "seconds": round(time.monotonic() - started, 1), "phases": phases,
     }
@@ -204,11 +219,13 @@ def run(runs: int, bootstrap: str | None, progress: Progress, *, seed: int = 1, 
                     result["logs"] = str(logs_dir)
                 shutil.rmtree(workdir, ignore_errors=True)
                 progress(f"run {i}/{runs}: {'exact' if result['exact'] else 'NOT EXACT'}"
-                         f"{', STALLED' if result['stalled'] else ''}, {result['reseeks']} watchdog re-seeks, "
+                         f"{', STALLED' if result['stalled'] else ''}{', LOST EVENTS' if result['lost'] else ''}, "
+                         f"{result['reseeks']} watchdog re-seeks, "
                          f"{result['seconds']} s")
     return {
         "runs": len(results),
         "stalls": sum(r["stalled"] for r in results),
+        "lost_runs": sum(r["lost"] for r in results),  # short for good by the same events, still counting
         "exact_runs": sum(r["exact"] for r in results),
         "reseeks": sum(r["reseeks"] for r in results),
         "seconds": round(time.monotonic() - started, 1),

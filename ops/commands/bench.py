@@ -376,11 +376,12 @@ def bench_rebalance(
         emit_json(result)
         return
     for r in result["per_run"]:
-        phases = ", ".join(f"{name} {'ok' if p['exact'] else ('STALL' if p.get('stalled') else 'WRONG')}"
+        phases = ", ".join(f"{name} {'ok' if p['exact'] else ('STALL' if p.get('stalled') else 'LOST' if p.get('lost') else 'WRONG')}"
                            for name, p in r["phases"].items())
         print(f"run {r['run']:>3}: {'exact' if r['exact'] else 'NOT EXACT'}  {r['events']:,} events  "
               f"{r['reseeks']} re-seeks  {r['seconds']} s  ({phases})")
     print(f"{result['exact_runs']} of {result['runs']} runs exact, {result['stalls']} stalled, "
+          f"{result['lost_runs']} lost events for good, "
           f"{result['reseeks']} recovery re-seeks by the watchdog   (target: all exact, 0 stalls)")
 
 
