@@ -49,11 +49,12 @@ class _ApiSql:
 
 
 def store_or_api(access: Any) -> Any:
-    """What `budgetwarden status` queries: the store, or the worker's API when a worker holds it
-    (its own `/api/status` knows the rules file only, not the policies published since)."""
+    """What `budgetwarden status` queries: the store under the query limits (as every question
+    command), or the worker's API when a worker holds it (its own `/api/status` knows the rules
+    file only, not the policies published since)."""
     from sinks.store import DEFAULT_DATABASE
 
-    return access.store if access.api is None else _ApiSql(access, DEFAULT_DATABASE)  # a worker's API serves chDB's default database
+    return access.reader if access.api is None else _ApiSql(access, DEFAULT_DATABASE)  # a worker's API serves chDB's default database
 
 
 def limits_in_force(rules: Path | None, bootstrap: str = "", topic_prefix: str = "", wait_s: float = 10.0) -> Any:

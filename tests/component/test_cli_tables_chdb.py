@@ -137,3 +137,17 @@ def test_sql_table_when_it_fits_vertical_when_not(data_dir: Path) -> None:
 def test_piped_output_is_not_cut_at_80_columns(data_dir: Path) -> None:
     out = cli(data_dir, "top", "--by", "task", env={"COLUMNS": None})
     assert TASK in out and widest(out) > 100  # every column at its natural width: not wrapped to 80
+
+
+def test_status_queries_under_the_query_limits(data_dir: Path) -> None:
+    """`status` reads the store as every question command does: through the limited ReadView."""
+    from ops.commands.worker import store_or_api
+    from sinks.access import Access
+    from sinks.store import ReadView
+    from streams.settings import Environment, WorkerSettings
+
+    access = Access(WorkerSettings.from_env(Environment.read({}), data_dir=data_dir))
+    try:
+        assert isinstance(store_or_api(access), ReadView)
+    finally:
+        access.close()
