@@ -62,6 +62,18 @@ def _date_ms(field: str, raw: str | None) -> int | None:
         _fail(field, f"must be a date YYYY-MM-DD, got {raw!r}")
 
 
+def _price_file(file: Path, valid_from: str | None) -> tuple[str, Any]:
+    """The checked `--valid-from` day (default today, UTC) and the file's decoded JSON."""
+    day = valid_from if valid_from is not None else ms_to_date(system_ms())
+    _date_ms("valid-from", day)
+    try:
+        return day, msgspec.json.decode(file.read_bytes())
+    except OSError as exc:
+        _fail("file", f"cannot read {str(file)!r}: {exc.strerror or exc}")
+    except msgspec.DecodeError as exc:
+        _fail("file", f"invalid JSON: {exc}")
+
+
 def _unpriced(catalog: PriceCatalog, model: str, provider: str | None, ts_ms: int) -> NoReturn:
     """No price for `model` at `ts_ms`: a name the catalog lacks (a typo, with its closest names)
     or a date before its first price. Usage of such a model is counted as 0 USD, so say it."""
@@ -221,14 +233,7 @@ def register(app: typer.Typer) -> None:
         valid_from: Annotated[str | None, typer.Option("--valid-from", help="valid_from for every entry (YYYY-MM-DD); default today, UTC.")] = None,
     ) -> None:
         """Convert LiteLLM's price file (USD per token floats) into our exact catalog format."""
-        day = valid_from if valid_from is not None else ms_to_date(system_ms())
-        _date_ms("valid-from", day)
-        try:
-            data = msgspec.json.decode(file.read_bytes())
-        except OSError as exc:
-            _fail("file", f"cannot read {str(file)!r}: {exc.strerror or exc}")
-        except msgspec.DecodeError as exc:
-            _fail("file", f"invalid JSON: {exc}")
+        day, data = _price_file(file, valid_from)
         if not isinstance(data, dict):
             _fail("file", "must be a JSON object keyed by model id")
         try:
@@ -286,14 +291,7 @@ def register(app: typer.Typer) -> None:
         from ops.commands.common import broker_failed, default_bootstrap, environment, quiet_kafka_client
         from schemas.topics import Topics
 
-        day = valid_from if valid_from is not None else ms_to_date(system_ms())
-        _date_ms("valid-from", day)
-        try:
-            data = msgspec.json.decode(file.read_bytes())
-        except OSError as exc:
-            _fail("file", f"cannot read {str(file)!r}: {exc.strerror or exc}")
-        except msgspec.DecodeError as exc:
-            _fail("file", f"invalid JSON: {exc}")
+        day, data = _price_file(file, valid_from)
         try:
             if isinstance(data, dict) and isinstance(data.get("models"), list):
                 entries = list(PriceCatalog.from_dict(data).entries)
