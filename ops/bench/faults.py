@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +38,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ops.bench.fault_harness import STORE_TOTALS, Truth, WorkerProcess, fleet_events, prefix
-from ops.bench.rebalance import STALL_MARK, keep_logs, live_totals, log_marks
+from ops.bench.rebalance import STALL_MARK, Progress, live_totals, log_marks, run_each
 from ops.kafka.broker import KafkaBroker
 from schemas.codec import encode
 from schemas.contract import UsageEvent
 from streams.kafka import ensure_topics
 
-Progress = Callable[[str], None]
 
 FAULT_KINDS = ("kill_processor", "kill_sink", "broker_restart", "rebalance")
 SPREAD_MS = 2 * 3_600_000  # events over the last two hours of today: closed hours reach the rollups
@@ -280,7 +277,6 @@ async def one_run(broker: KafkaBroker, workdir: Path, run_no: int, seed: int, fa
 def run(runs: int, progress: Progress, *, seed: int = 1, faults: int = 3, events: int = 2_000, rate: int = 100,
         settle_s: float = 90.0, logs_dir: Path = Path("bench/faults-logs")) -> dict[str, Any]:
     """`runs` runs on a broker of this command's own; per-run results and the totals."""
-    results: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bw-bench-faults-") as tmp:
         broker = KafkaBroker(Path(tmp) / "kafka")
@@ -288,18 +284,13 @@ def run(runs: int, progress: Progress, *, seed: int = 1, faults: int = 3, events
         broker.start()
         try:
             asyncio.run(ensure_topics(broker.bootstrap))
-            for i in range(1, runs + 1):
-                workdir = Path(tmp) / f"run-{i}"
-                result = asyncio.run(one_run(broker, workdir, i, seed, faults, events, rate, settle_s))
-                results.append(result)
-                if not result["exact"] or result["reseeks"]:
-                    keep_logs(workdir, logs_dir, i)
-                    result["logs"] = str(logs_dir)
-                shutil.rmtree(workdir, ignore_errors=True)
-                progress(f"run {i}/{runs}: {'exact' if result['exact'] else 'NOT EXACT'} "
-                         f"({', '.join(result['schedule'])}), lost {result['lost_events']}, "
-                         f"double {result['double_counted_events']}, missed kills {result['missed_kills']}, "
-                         f"{result['seconds']} s")
+            results = run_each(
+                runs, Path(tmp), logs_dir,
+                lambda i, workdir: asyncio.run(one_run(broker, workdir, i, seed, faults, events, rate, settle_s)),
+                lambda r: (f"{'exact' if r['exact'] else 'NOT EXACT'} ({', '.join(r['schedule'])}), "
+                           f"lost {r['lost_events']}, double {r['double_counted_events']}, "
+                           f"missed kills {r['missed_kills']}, {r['seconds']} s"),
+                progress)
         finally:
             broker.stop()
     return {

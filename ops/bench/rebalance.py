@@ -202,26 +202,37 @@ def keep_logs(workdir: Path, logs_dir: Path, run_no: int) -> None:
         shutil.copy(log, logs_dir / f"run-{run_no}-{log.parent.name}.log")
 
 
+def run_each(runs: int, root: Path, logs_dir: Path, one: Callable[[int, Path], dict[str, Any]],
+             describe: Callable[[dict[str, Any]], str], progress: Progress) -> list[dict[str, Any]]:
+    """Run `one(i, workdir)` `runs` times (this bench's and `bench faults`'): a run that was not
+    exact, or that the watchdog rescued, keeps its logs; every workdir goes once its run ends."""
+    results: list[dict[str, Any]] = []
+    for i in range(1, runs + 1):
+        workdir = root / f"run-{i}"
+        result = one(i, workdir)
+        results.append(result)
+        if not result["exact"] or result["reseeks"]:
+            keep_logs(workdir, logs_dir, i)
+            result["logs"] = str(logs_dir)
+        shutil.rmtree(workdir, ignore_errors=True)
+        progress(f"run {i}/{runs}: {describe(result)}")
+    return results
+
+
 def run(runs: int, bootstrap: str | None, progress: Progress, *, seed: int = 1, phase_timeout_s: float = 60.0,
         logs_dir: Path = Path("bench/rebalance-logs")) -> dict[str, Any]:
     """`runs` runs on one broker; per-run results and the totals the command prints."""
-    results: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bw-bench-rebalance-") as tmp:
         with broker_for(bootstrap, progress, Path(tmp)) as broker:
             address = bootstrap or broker.bootstrap  # type: ignore[union-attr]
-            for i in range(1, runs + 1):
-                workdir = Path(tmp) / f"run-{i}"
-                result = asyncio.run(one_run(address, workdir, i, seed, phase_timeout_s))
-                results.append(result)
-                if not result["exact"] or result["reseeks"]:
-                    keep_logs(workdir, logs_dir, i)
-                    result["logs"] = str(logs_dir)
-                shutil.rmtree(workdir, ignore_errors=True)
-                progress(f"run {i}/{runs}: {'exact' if result['exact'] else 'NOT EXACT'}"
-                         f"{', STALLED' if result['stalled'] else ''}{', LOST EVENTS' if result['lost'] else ''}, "
-                         f"{result['reseeks']} watchdog re-seeks, "
-                         f"{result['seconds']} s")
+            results = run_each(
+                runs, Path(tmp), logs_dir,
+                lambda i, workdir: asyncio.run(one_run(address, workdir, i, seed, phase_timeout_s)),
+                lambda r: (f"{'exact' if r['exact'] else 'NOT EXACT'}"
+                           f"{', STALLED' if r['stalled'] else ''}{', LOST EVENTS' if r['lost'] else ''}, "
+                           f"{r['reseeks']} watchdog re-seeks, {r['seconds']} s"),
+                progress)
     return {
         "runs": len(results),
         "stalls": sum(r["stalled"] for r in results),
