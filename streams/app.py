@@ -33,6 +33,7 @@ from schemas.pricing import PriceCatalog
 from schemas.topics import Topics
 from streams.engine import Engine
 from streams.faust_overrides import (
+    BoundedRequestProducer,
     PromptFetchConsumer,
     RecoveryWatchdog,
     quiet_client_debug_logs,
@@ -131,6 +132,7 @@ class Processor:
             stream_buffer_maxsize=max(4096, batch_max * 2),
         )
         app.transport.Consumer = PromptFetchConsumer
+        app.transport.Producer = BoundedRequestProducer
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
         self.usage_topic = app.topic(self.topics.usage, **raw)
         self.decisions_topic = app.topic(self.topics.decisions, **raw)

@@ -105,6 +105,28 @@ class PromptFetchConsumer(faust_aiokafka.Consumer):
             log.info("processor.changelogs_sought", partitions={f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})
 
 
+REQUEST_TIMEOUT_MS = 30_000
+
+
+class BoundedRequestProducer(faust_aiokafka.Producer):
+    """aiokafka uses its one `request_timeout_ms` both as how long a record may wait for the
+    broker (the batch's time to live) and as how long any one request waits for its answer,
+    and Faust sets it to 20 minutes so records outlive a broker outage. A request that never
+    gets an answer then blocks for 20 minutes: seen after a broker restart (CI, 1 run in ~20
+    under load), the producer's metadata request sat unanswered on its connection, the sender
+    waited for that metadata, the decisions' sends and the commit's flush waited for the
+    sender, and the processor stopped counting for good. Each connection now gives up on an
+    answer after 30 s (Kafka's own `request.timeout.ms`), so the request is retried; records
+    keep the 20-minute time to live."""
+
+    request_timeout_ms: int = REQUEST_TIMEOUT_MS
+
+    def _new_producer(self, transactional_id: str | None = None) -> Any:
+        producer = super()._new_producer(transactional_id)
+        producer.client._request_timeout_ms = self.request_timeout_ms  # read when it opens a connection
+        return producer
+
+
 def quiet_client_debug_logs() -> None:
     """Faust's worker leaves the root logger at DEBUG (handlers filter), so aiokafka and Faust
     built a LogRecord, stack walk included, for every Kafka request and every message sent:
