@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from schemas.log_repeats import limit_library_repeats
 from schemas.redact import redact_secrets
 
 
@@ -33,3 +34,4 @@ def configure(json_lines: bool | None = None, level: str = "INFO") -> None:
     )
     # Libraries (aiokafka, faust) log through stdlib logging; keep them quiet and on stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    limit_library_repeats()
