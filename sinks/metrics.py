@@ -69,6 +69,11 @@ class StatusCollector(Collector):
         if "paused" in sink:
             yield GaugeMetricFamily("budgetwarden_sink_paused", "1 while the writer backs off after a store error",
                                     value=float(sink["paused"]))
+        lag = GaugeMetricFamily("budgetwarden_sink_lag", "records not yet stored in ClickHouse by the sink",
+                                labels=["topic", "partition"])
+        for topic, partition, n in sink.get("lag", ()):
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
 
     def _processor(self, status: Mapping[str, Any], now: int) -> Iterator[Metric]:
         yield GaugeMetricFamily("budgetwarden_processor_status_age_seconds",

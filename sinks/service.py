@@ -137,7 +137,8 @@ class SinkService:
             return {}
         s = self.writer.stats
         return {"rows_written": s.rows_written, "rows_rejected": s.rows_rejected, "duplicates_dropped": s.duplicates_dropped,
-                "bad_messages": s.bad_messages, "flushes": s.flushes, "failures": s.failures, "paused": s.paused}
+                "bad_messages": s.bad_messages, "flushes": s.flushes, "failures": s.failures, "paused": s.paused,
+                "lag": self.writer.lag()}
 
     async def stop(self) -> None:
         if self._http is not None:

@@ -89,6 +89,7 @@ class SinkWriter:
         self._inflight: asyncio.Task[None] | None = None
         self._retry_at_ms = 0
         self._backoff_ms = 0
+        self._unstored: dict[tuple[str, int], int] = {}  # per partition: the next offset not yet stored
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._consumer = AIOKafkaConsumer(
@@ -171,6 +172,7 @@ class SinkWriter:
                 for msg in messages:
                     handler(batch, msg)
             batch.consumed(tp.topic, tp.partition, messages[0].offset, messages[-1].offset)
+            self._unstored.setdefault((tp.topic, tp.partition), messages[0].offset)
         size = batch.size
         full = size >= self.config.batch_rows
         due = bool(batch.offsets) and self._now_ms() - batch.started_ms >= self.config.flush_ms
@@ -227,12 +229,29 @@ class SinkWriter:
         log.warning("sink.clickhouse_failed", error=self.stats.last_error, rows=batch.size, retry_in_ms=self._backoff_ms)
 
     async def _commit(self, batch: Batch) -> None:
+        self._unstored.update(batch.offsets)  # stored: batches are written in the order they were read
         offsets = {TopicPartition(t, p): off for (t, p), off in batch.offsets.items()}
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # The rows are stored; a re-delivery after a rebalance is absorbed by the dedupe.
             log.warning("sink.commit_failed", error=str(exc))
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, records not yet stored) per assigned partition read since it was
+        assigned: the highwater of its last fetch minus the next offset not stored. While
+        ClickHouse is down this is what waits; it counts records read but still buffered."""
+        out = []
+        for tp in sorted(self._consumer.assignment()):
+            high = self._consumer.highwater(tp)
+            unstored = self._unstored.get((tp.topic, tp.partition))
+            if high is not None and unstored is not None:
+                out.append((tp.topic, tp.partition, max(0, high - unstored)))
+        return out
+
+    def forget_partitions(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self._unstored.pop((tp.topic, tp.partition), None)
 
     def drop_unwritten(self) -> None:
         """Partitions were revoked and the batches could not be written: the next owner re-reads them."""
@@ -316,6 +335,7 @@ class _Revoked(ConsumerRebalanceListener):
         if self.writer._batch.size or self.writer._failed_batch is not None:
             self.writer.drop_unwritten()
             self.writer._retry_at_ms = 0
+        self.writer.forget_partitions(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         if self.writer._retry_at_ms:

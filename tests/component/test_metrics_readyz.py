@@ -29,7 +29,8 @@ def processor_status(**ready: bool) -> dict[str, Any]:
         "lag": [["usage.events", 0, 7], ["usage.events", 1, 0]],
         "tallies": {"decisions": [["agent_daily_tokens", "kill", 2], ["loop_detected", "pause", 3]],
                     "commands": [["kill", 2]], "dead_letters": [["nesting deeper than 64 levels", 3]]},
-        "sink": {"rows_written": 1197, "rows_rejected": 1, "failures": 0, "paused": False},
+        "sink": {"rows_written": 1197, "rows_rejected": 1, "failures": 0, "paused": False,
+                 "lag": [["usage.events", 0, 3], ["budget.decisions", 2, 0]]},
     }
 
 
@@ -77,6 +78,8 @@ async def test_metrics_carry_the_processor_the_sink_and_the_store(client: TestCl
     assert got[("budgetwarden_dead_letters_total", (("reason", "nesting deeper than 64 levels"),))] == 3
     assert got[("budgetwarden_consumer_lag", (("partition", "0"), ("topic", "usage.events")))] == 7
     assert got[("budgetwarden_sink_rows_written_total", ())] == 1197
+    assert got[("budgetwarden_sink_lag", (("partition", "0"), ("topic", "usage.events")))] == 3
+    assert got[("budgetwarden_sink_lag", (("partition", "2"), ("topic", "budget.decisions")))] == 0
     assert got[("budgetwarden_sink_failures_total", ())] == 0
     assert got[("budgetwarden_ready", (("check", "all"),))] == 1
     assert got[("budgetwarden_api_queries_total", (("outcome", "ok"),))] >= 1

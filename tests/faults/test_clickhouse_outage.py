@@ -81,6 +81,8 @@ async def test_clickhouse_outage_pauses_the_writer_then_it_catches_up_exactly(
         await processor_matches(processor.status, Truth.of(events[:600]))
         await asyncio.sleep(1.0)  # the outage goes on; behind the switch, nothing more was written
         assert (await sql(f"SELECT count() AS n FROM {store.database}.usage_events"))[0]["n"] == 300
+        waiting = sum(n for topic, _, n in writer.lag() if topic == processor.usage_topic)
+        assert 0 < waiting <= 300, writer.lag()  # what the outage holds back shows as the sink's lag
 
         store.down = False
         await produce(kafka_bootstrap, processor.usage_topic, send[600:])
@@ -88,6 +90,7 @@ async def test_clickhouse_outage_pauses_the_writer_then_it_catches_up_exactly(
         await store_matches(sql, truth, store.database)
         await processor_matches(processor.status, truth)
         assert not writer.stats.paused and store.refused >= 3
+        assert await until(lambda: sum(n for _, _, n in writer.lag()) == 0, 10), writer.lag()
         await decisions_unique(kafka_bootstrap, topics + "budget.decisions", sql, strict=False, database=store.database)
     finally:
         await sink.stop()
