@@ -80,15 +80,16 @@ def _probe(url: str) -> tuple[int | None, Any]:
 
 
 def worker_health(data_dir: Path) -> dict[str, Any]:
-    """The running worker's liveness, readiness (with its checks) and consumer lag, from its public
-    `/healthz`, `/readyz` and `/metrics` (no token needed); None where no worker answers."""
+    """The running worker's liveness, readiness (with its checks), the processor's consumer lag and
+    the sink's (records not yet stored), from its public `/healthz`, `/readyz` and `/metrics` (no
+    token needed); None where no worker answers."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from sinks.access import owner_url
     from streams.settings import WorkerSettings
 
     url = owner_url(WorkerSettings(data_dir=data_dir))
-    out: dict[str, Any] = {"url": url, "live": None, "ready": None, "checks": {}, "lag": None}
+    out: dict[str, Any] = {"url": url, "live": None, "ready": None, "checks": {}, "lag": None, "sink_lag": None}
     if url is None:
         return out
     live, _ = _probe(f"{url}/healthz")
@@ -98,10 +99,11 @@ def worker_health(data_dir: Path) -> dict[str, Any]:
         out["ready"], out["checks"] = code == 200, ready.get("checks", {})
     code, text = _probe(f"{url}/metrics")
     if code == 200 and isinstance(text, str):
-        partitions = [{"topic": s.labels["topic"], "partition": int(s.labels["partition"]), "lag": int(s.value)}
-                      for family in text_string_to_metric_families(text) if family.name == "budgetwarden_consumer_lag"
-                      for s in family.samples]
-        out["lag"] = {"total": sum(p["lag"] for p in partitions), "partitions": partitions}
+        families = list(text_string_to_metric_families(text))
+        for key, name in (("lag", "budgetwarden_consumer_lag"), ("sink_lag", "budgetwarden_sink_lag")):
+            partitions = [{"topic": s.labels["topic"], "partition": int(s.labels["partition"]), "lag": int(s.value)}
+                          for family in families if family.name == name for s in family.samples]
+            out[key] = {"total": sum(p["lag"] for p in partitions), "partitions": partitions}
     return out
 
 
@@ -110,18 +112,21 @@ def health_text(status: dict[str, Any]) -> str:
     def yes(value: bool | None) -> str:
         return "-" if value is None else ("yes" if value else "no")
 
+    def lag_line(lag: dict[str, Any] | None) -> str:
+        by_topic: dict[str, int] = {}
+        for p in (lag or {}).get("partitions", []):
+            by_topic[p["topic"]] = by_topic.get(p["topic"], 0) + p["lag"]
+        return (f"{'-' if lag is None else lag['total']}"
+                + (f"  ({', '.join(f'{t} {n}' for t, n in sorted(by_topic.items()))})" if by_topic else ""))
+
     failing = [name for name, ok in status["checks"].items() if not ok]
-    lag = status["lag"]
-    by_topic: dict[str, int] = {}
-    for p in (lag or {}).get("partitions", []):
-        by_topic[p["topic"]] = by_topic.get(p["topic"], 0) + p["lag"]
     lines = [
         f"broker     {status['kafka'] or 'not running'}",
         f"worker     {'pid ' + str(status['worker_pid']) if status['worker_pid'] else 'not running'}",
         f"live       {yes(status['live'])}",
         f"ready      {yes(status['ready'])}" + (f"  (failing: {', '.join(failing)})" if failing else ""),
-        f"lag        {'-' if lag is None else lag['total']}"
-        + (f"  ({', '.join(f'{t} {n}' for t, n in sorted(by_topic.items()))})" if by_topic else ""),
+        f"lag        {lag_line(status['lag'])}",
+        f"sink lag   {lag_line(status.get('sink_lag'))}",
         f"dashboard  {status['dashboard'] or '-'}",
     ]
     return "\n".join(lines)

@@ -35,6 +35,7 @@ async def test_ps_shows_liveness_readiness_and_lag(tmp_path: Path) -> None:
         assert health["checks"]["tables_recovered"] is False and health["checks"]["sink_writing"] is True
         assert health["lag"]["total"] == 7
         assert {"topic": "usage.events", "partition": 0, "lag": 7} in health["lag"]["partitions"]
+        assert health["sink_lag"]["total"] == 3  # the sink's: records read, not yet stored
 
         status["ready"]["tables_recovered"] = True
         result = await asyncio.to_thread(CliRunner().invoke, cli, ["ps", "--data-dir", str(tmp_path), "--json"])
@@ -45,6 +46,7 @@ async def test_ps_shows_liveness_readiness_and_lag(tmp_path: Path) -> None:
         assert out["dashboard"] == f"http://127.0.0.1:{server.port}/"
         text = await asyncio.to_thread(CliRunner().invoke, cli, ["ps", "--data-dir", str(tmp_path)])
         assert "ready      yes" in text.stdout and "usage.events 7" in text.stdout
+        assert "sink lag   3  (budget.decisions 0, usage.events 3)" in text.stdout
         assert TOKEN not in text.stdout + result.stdout
     finally:
         await server.close()
