@@ -99,6 +99,11 @@ class UsageEvent(Struct, tag="usage", tag_field="type", kw_only=True, omit_defau
     # optional (v1): the admission lease the call was spent from (the client instance's holder
     # id, `streams.admission`); the granting service settles that lease by the call's tokens
     holder: OptName = ""
+    # optional (v1): the agent (and its task) that started this sub-agent's work (`bw.child(...)`,
+    # `parent=`, or an enclosing OTLP agent span); "" = no parent. Queries sum a parent's
+    # inclusive cost over them (`sinks.subagents`)
+    parent_agent_id: OptName = ""
+    parent_task_id: OptName = ""
 
     @property
     def total_tokens(self) -> int:

@@ -6,7 +6,7 @@
             resp = await llm(...)
             await bw.record_openai(resp.usage, model="gpt-4o", messages=msgs, tool_calls=calls)
 """
-from streams.client.client import BudgetClient, TaskScope
+from streams.client.client import BudgetClient, Parent, TaskScope
 from streams.client.errors import AgentPaused, BudgetExceeded, TaskKilled
 from streams.client.fingerprint import Fingerprints, fingerprint
 from streams.client.optimizer import (
@@ -23,6 +23,7 @@ __all__ = [
     "BudgetClient",
     "BudgetExceeded",
     "Fingerprints",
+    "Parent",
     "SyncBudgetClient",
     "TaskKilled",
     "TaskScope",

@@ -41,16 +41,16 @@ import os
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import structlog
 
 from schemas.clock import Clock, system_ms
 from schemas.codec import decode_admission_grant, decode_agent_state, encode
-from schemas.contract import (FLEET_KEY, MAX_TOKENS, AdmissionGrant, AdmissionRequest, ControlCommand, TaskEnd,
-                              UsageEvent, team_key)
-from schemas.errors import BadInput
+from schemas.contract import (FLEET_KEY, MAX_NAME_LEN, MAX_TOKENS, AdmissionGrant, AdmissionRequest, ControlCommand,
+                              TaskEnd, UsageEvent, team_key)
+from schemas.errors import BadInput, InputError
 from schemas.topics import Topics
 from schemas.normalize import CanonicalUsage, normalize
 from schemas.pricing import PriceCatalog
@@ -78,6 +78,25 @@ _current_scope: contextvars.ContextVar[TaskScope | None] = contextvars.ContextVa
 def default_spill_dir(base: Path, agent_id: str) -> Path:
     """`<base>/<agent>` (base: `$BUDGETWARDEN_SPILL_DIR`, else `./var/spill`); use one directory per process."""
     return base / "".join(c if c.isalnum() or c in "-_." else "_" for c in agent_id)
+
+
+class Parent(NamedTuple):
+    """The agent, and its task, that a sub-agent works for: stamped on each of the sub-agent's
+    usage events (`parent_agent_id`, `parent_task_id`) so queries can add its cost to the
+    parent's inclusive cost (`sinks.subagents`). `BudgetClient.child()` fills it; a sub-agent
+    in another process gets the two ids from its caller and passes `parent=(agent_id, task_id)`."""
+
+    agent_id: str
+    task_id: str = ""
+
+    def checked(self) -> Parent:
+        """Itself, or InputError naming the field the processor would dead-letter the events for."""
+        for field, value in (("parent_agent_id", self.agent_id), ("parent_task_id", self.task_id)):
+            if not isinstance(value, str) or len(value) > MAX_NAME_LEN:
+                raise InputError(field, f"expected a str of at most {MAX_NAME_LEN} characters")
+        if self.task_id and not self.agent_id:
+            raise InputError("parent_agent_id", "a parent task needs its agent")
+        return self
 
 
 class TaskScope:
@@ -197,6 +216,7 @@ class BudgetClient:
         admission_sender: Sender | None = None,
         on_control_loss: Literal["pause", "continue"] = "continue",
         control_loss_after_s: float = 30.0,
+        parent: Parent | tuple[str, str] | None = None,
     ) -> None:
         """Unset `control_key`, `spill_dir` and `kafka` come from the environment (`streams.settings`).
         `control_*_ms`: the `ControlGate` limits (defaults: grace 60 s, max age 15 min, max clock
@@ -204,7 +224,8 @@ class BudgetClient:
         `admission`: reserve each call's estimate from an allowance (module docstring); a call
         without `before_call(estimated_tokens=...)` reserves the learned per-call estimate
         (`Wallet.estimate`), else `admission_default_estimate`. `admission_sender` replaces
-        the Kafka producer of `admission.requests` (benchmarks)."""
+        the Kafka producer of `admission.requests` (benchmarks). `parent`: the agent and task this
+        agent works for as a sub-agent (`Parent`; `child()` sets it)."""
         if pause_mode not in ("wait", "raise"):
             raise ValueError(f"pause_mode must be 'wait' or 'raise', got {pause_mode!r}")
         self.feed = FeedHealth(now_ms, int(control_loss_after_s * 1000), on_control_loss)
@@ -213,6 +234,7 @@ class BudgetClient:
         self.user_id = user_id
         self.team = team
         self.session_id = session_id
+        self.parent = Parent(*parent).checked() if parent else Parent("")
         self.criticality = criticality
         self.pause_mode = pause_mode
         self.flush_timeout_s = flush_timeout_s
@@ -356,6 +378,20 @@ class BudgetClient:
         """`async with bw.task(id, estimated_tokens=..., task_type=...)`: without an estimate, the
         processor judges the task against the sizes it learned of the agent's `task_type` tasks."""
         return TaskScope(self, task_id, estimated_tokens, task_type)
+
+    def child(self, agent_id: str, **options: Any) -> BudgetClient:
+        """A client for a sub-agent working for this agent (and its current task, if any):
+        `async with bw.child("researcher") as sub:`. Its events carry this agent's id and task
+        id as their parent; it follows its own control commands. It inherits the broker, user,
+        team, session, criticality, pause mode, control key, clock and topics; `options` (any
+        `BudgetClient` argument) override them."""
+        scope = self.current_task()
+        inherited: dict[str, Any] = dict(
+            user_id=self.user_id, team=self.team, session_id=self.session_id, criticality=self.criticality,
+            pause_mode=self.pause_mode, control_key=self._control_key, now_ms=self._now_ms, kafka=self._kafka,
+            topics=self._topics, flush_timeout_s=self.flush_timeout_s, state_timeout_s=self._state_timeout_s,
+            parent=Parent(self.agent_id, scope.task_id if scope is not None else ""))
+        return BudgetClient(self.bootstrap, agent_id, **{**inherited, **options})
 
     def current_task(self) -> TaskScope | None:
         scope = _current_scope.get()
@@ -659,6 +695,8 @@ class BudgetClient:
             result_hash=result_hash,
             simhash=str(simhash & 0xFFFF_FFFF_FFFF_FFFF) if isinstance(simhash, int) else simhash,
             holder=self.holder,
+            parent_agent_id=self.parent.agent_id,
+            parent_task_id=self.parent.task_id,
         )
 
     def record_nowait(self, provider: str, usage: Any, model: str, scope: TaskScope | None = None,
@@ -686,6 +724,8 @@ class BudgetClient:
                 changes["task_estimated_tokens"] = scope.estimated_tokens
             if not event.task_type and scope.task_type:
                 changes["task_type"] = scope.task_type
+        if self.parent.agent_id and not event.parent_agent_id:
+            changes["parent_agent_id"], changes["parent_task_id"] = self.parent
         if self.holder and not event.holder:
             changes["holder"] = self.holder
             self._settle(scope if scope is not None else self, event.total_tokens)

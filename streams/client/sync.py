@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from schemas.contract import ControlCommand, UsageEvent
-from streams.client.client import BudgetClient, TaskScope
+from streams.client.client import BudgetClient, Parent, TaskScope
 
 T = TypeVar("T")
 
@@ -95,6 +95,16 @@ class SyncBudgetClient:
 
     def _scope(self) -> TaskScope | None:
         return getattr(self._local, "scope", None)
+
+    def child(self, agent_id: str, **options: Any) -> SyncBudgetClient:
+        """As the async client's `child()`: `with sbw.child("researcher") as sub:`, a client of its
+        own (own loop thread) whose events name this agent and its current task as their parent.
+        It takes this client's arguments except its agent, spill directory and senders."""
+        scope = self._scope()
+        inherited = {k: v for k, v in self._kwargs.items()
+                     if k not in ("agent_id", "spill_dir", "sender", "admission_sender")}
+        parent = Parent(self.client.agent_id, scope.task_id if scope is not None else "")
+        return SyncBudgetClient(**{**inherited, "agent_id": agent_id, "parent": parent, **options})
 
     def check(self) -> None:
         scope = self._scope()
