@@ -67,6 +67,11 @@ ALTER TABLE {db}.usage_events
     ADD COLUMN IF NOT EXISTS agent_price_key LowCardinality(String)
         MATERIALIZED concat(toString(length(price_provider)), ':', price_provider,
                             toString(length(price_model)), ':', price_model, agent_id);
+-- Sub-agents (contract v1's optional parent fields; '' = none): who a row's agent and task worked
+-- for. Added by ALTER so that older stores get them (their old rows read ''); the inclusive-cost
+-- queries (sinks/subagents.py, sql/subagent_edges.sql) read them from raw rows.
+ALTER TABLE {db}.usage_events ADD COLUMN IF NOT EXISTS parent_agent_id LowCardinality(String) DEFAULT '';
+ALTER TABLE {db}.usage_events ADD COLUMN IF NOT EXISTS parent_task_id String DEFAULT '';
 -- Merges go column by column (vertical) whatever their size. The default merges parts that
 -- add up to fewer than 131,072 rows horizontally, every column of every part at once: with
 -- this table's ~40 columns a 6-part merge of 1.3 MB took 162 MB (system.merges), the sink's
@@ -269,6 +274,19 @@ SELECT toStartOfHour(ts) AS bucket, agent_id, model, user_id, team, provider, co
 FROM {db}.usage_events FINAL
 WHERE ts >= (SELECT fromUnixTimestamp64Milli(max(rolled_until_ms), 'UTC') FROM {db}.rollup_state)
 GROUP BY bucket, agent_id, model, user_id, team, provider;
+
+-- The same per task for Grafana's cost-per-task panel: rollup_tasks_hourly below the watermark,
+-- raw rows from it on.
+CREATE OR REPLACE VIEW {db}.task_hours AS
+SELECT bucket, task_id, session_id, agent_id, user_id, team, events, tokens, nano_usd
+FROM {db}.rollup_tasks_hourly FINAL
+WHERE bucket < (SELECT toDateTime(intDiv(max(rolled_until_ms), 1000), 'UTC') FROM {db}.rollup_state)
+UNION ALL
+SELECT toStartOfHour(ts) AS bucket, task_id, session_id, agent_id, user_id, team, count() AS events,
+       sum(tokens) AS tokens, sum(nano_usd) AS nano_usd
+FROM {db}.usage_events FINAL
+WHERE ts >= (SELECT fromUnixTimestamp64Milli(max(rolled_until_ms), 'UTC') FROM {db}.rollup_state) AND task_id != ''
+GROUP BY bucket, task_id, session_id, agent_id, user_id, team;
 
 -- The summing views of earlier versions double-counted retried inserts; their data is
 -- derived only, so they go (rollup_* are rebuilt from usage_events at the next start).
