@@ -11,6 +11,7 @@ with a `usd` 9-decimal string next to it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from schemas.money import format_usd
 from schemas.pricing import PriceCatalog
 from sinks.sqlfiles import sql_text
 from sinks.store import Store
+from sinks.subagents import KEYS as INCLUSIVE_KEYS, Cost, Tree
 from streams.rules import PERIODS, period_limits
 from streams.rules_config import RulesConfig
 
@@ -46,9 +48,10 @@ def _column(dimension: str) -> str:
 
 
 def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[str, str] | None = None,
-              dim: str | None = None, by_task: bool = False) -> list[Row]:
+              dim: str | None = None, by_task: bool = False, among: Iterable[str] | None = None) -> list[Row]:
     """Run `sinks/sql/<name>.sql` with the database, filter clauses and dimension column filled
-    in, and `({usage})` (the window's usage from rollups and raw rows, `usage_source`)."""
+    in, and `({usage})` (the window's usage from rollups and raw rows, `usage_source`).
+    `among`: only these values of the dimension `dim`."""
     sql = sql_text(name)
     if "({usage})" in sql:
         keys = {d for d in (dim, *(filters or {})) if d is not None}
@@ -59,6 +62,10 @@ def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[
         column = _column(dimension)
         clauses.append(f"AND {column} = {{f_{column}:String}}")
         params[f"f_{column}"] = value
+    if among is not None:
+        # a JSON string, not an Array parameter: chDB and the server's client bind those differently
+        clauses.append("AND has(JSONExtract({among:String}, 'Array(String)'), toString({dim}))")
+        params["among"] = json.dumps(sorted(among))
     sql = sql.replace("{filters}", " ".join(clauses))
     if dim is not None:
         sql = sql.replace("{dim}", _column(dim))
@@ -165,6 +172,53 @@ def top(store: Store, by: str = "agent", period: str = "day", limit: int = 10,
     """Usage and cost by one dimension, most expensive first."""
     params = {**bounds(query_window(period, now_ms, calendar)), "limit": limit}
     return [_usage_row(r) for r in run_named(store, "usage_by", params, filters, by)]
+
+
+MAX_EDGES = 1_000_000  # sub-agent edges (one per child agent and task) read for one inclusive answer
+MAX_SUBAGENT_IDS = 20  # descendant agents named on a row (`subagents` counts them all)
+_USAGE_SUMS = ("events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+               "cache_write_1h_tokens", "tokens", "nano_usd", "unpriced_events")
+
+
+def subagent_tree(store: Store, period: str = "day", now_ms: int | None = None,
+                  calendar: Calendar | None = None) -> Tree:
+    """The window's sub-agent edges and their child nodes' direct costs (`sql/subagent_edges.sql`)."""
+    params = {**bounds(query_window(period, now_ms, calendar)), "max_edges": MAX_EDGES}
+    rows = run_named(store, "subagent_edges", params)
+    return Tree((((r["parent_agent_id"], r["parent_task_id"]), (r["agent_id"], r["task_id"])) for r in rows),
+                {(r["agent_id"], r["task_id"]): Cost(int(r["events"]), int(r["tokens"]), int(r["nano_usd"]))
+                 for r in rows})
+
+
+def top_inclusive(store: Store, by: str = "agent", period: str = "day", limit: int = 10,
+                  filters: Mapping[str, str] | None = None, now_ms: int | None = None,
+                  calendar: Calendar | None = None) -> list[Row]:
+    """`top` by agent or task with each key's inclusive cost next to its direct one (itself plus
+    every sub-agent below it, each once, cycles cut: `sinks.subagents`), most expensive inclusive
+    first. A key can rank by its sub-agents alone (an orchestrator that makes no call itself has
+    direct cost 0), so the candidates are the top `limit` by direct cost plus every key with
+    sub-agents in the window; any other key's inclusive cost is its direct cost. `filters`
+    select the keys; their descendants count whatever their user, team or model."""
+    if by not in INCLUSIVE_KEYS:
+        raise ValueError(f"by: inclusive cost is by {' or '.join(INCLUSIVE_KEYS)}, got {by!r}")
+    tree = subagent_tree(store, period, now_ms, calendar)
+    rows = {r["key"]: r for r in top(store, by, period, limit, filters, now_ms, calendar)}
+    parents = set(tree.roots(by)) - rows.keys()
+    if parents:
+        params = {**bounds(query_window(period, now_ms, calendar)), "limit": len(parents)}
+        rows.update((r["key"], _usage_row(r)) for r in run_named(store, "usage_by", params, filters, by, among=parents))
+        if not filters:  # a parent with no call of its own in the window
+            rows.update((key, with_usd({"key": key, **dict.fromkeys(_USAGE_SUMS, 0)})) for key in parents - rows.keys())
+    for key, row in rows.items():
+        extra = tree.inclusive(key, by)
+        row["inclusive_events"] = row["events"] + extra.cost.events
+        row["inclusive_tokens"] = row["tokens"] + extra.cost.tokens
+        row["inclusive_nano_usd"] = row["nano_usd"] + extra.cost.nano_usd
+        row["subagents"] = len(extra.subagents)
+        row["subagent_ids"] = sorted(extra.subagents)[:MAX_SUBAGENT_IDS]
+        with_usd(row, "inclusive_nano_usd")
+    ranked = sorted(rows.values(), key=lambda r: (-r["inclusive_nano_usd"], -r["inclusive_tokens"], r["key"]))
+    return ranked[:limit]
 
 
 def totals(store: Store, period: str = "day", filters: Mapping[str, str] | None = None, now_ms: int | None = None,

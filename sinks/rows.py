@@ -22,6 +22,7 @@ USAGE_COLUMNS: tuple[str, ...] = (
     "criticality", "status", "prompt_hash", "tool", "tags", "nano_usd", "unpriced",
     "price_version", "price_model", "price_provider", "input_rate", "cache_savings_nano",
     "cache_write_premium_nano", "kafka_partition", "kafka_offset", "ingested_ms",
+    "parent_agent_id", "parent_task_id",
 )
 DECISION_COLUMNS: tuple[str, ...] = (
     "decision_id", "ts_ms", "rule", "severity", "action", "scope", "subject", "agent_id",
@@ -187,7 +188,7 @@ class UsageColumns:
             [e.tags for e in ev], nano, [0 if x else 1 for x in en], [x.version if x else "" for x in en],
             [x.model if x else "" for x in en], [x.provider if x else "" for x in en], [x.input if x else 0 for x in en],
             savings, premium, self.partitions.tolist(), self.offsets.tolist(),
-            self.ingested.tolist(),
+            self.ingested.tolist(), [e.parent_agent_id for e in ev], [e.parent_task_id for e in ev],
         ]
 
 

@@ -68,7 +68,8 @@ SELECT
     {inputs}[m] AS input_rate,
     toInt64(intDiv(toInt128(cache_read_tokens) * ({inputs}[m] - {reads}[m]) + 500000, 1000000)) AS cache_savings_nano,
     toInt64(intDiv(toInt128(cache_write_tokens) * ({writes}[m] - {inputs}[m]) + 500000, 1000000)) AS cache_write_premium_nano,
-    toInt32(0) AS kafka_partition, toInt64(number) AS kafka_offset, {ingested} AS ingested_ms
+    toInt32(0) AS kafka_partition, toInt64(number) AS kafka_offset, {ingested} AS ingested_ms,
+    '' AS parent_agent_id, '' AS parent_task_id
 FROM
 (
     SELECT number, intDiv(number, 20) AS task_n, cityHash64(task_n) % 1000 AS agent_n,

@@ -109,7 +109,8 @@ SELECT
     toInt64([2500, 150, 3000, 800][number % 4 + 1] * 1000000) AS input_rate,
     toInt64(cache_read_tokens * ([2500, 150, 3000, 800][number % 4 + 1] - [1250, 75, 300, 80][number % 4 + 1])) AS cache_savings_nano,
     toInt64(cache_write_tokens * ([0, 0, 3750, 1000][number % 4 + 1] - [2500, 150, 3000, 800][number % 4 + 1])) AS cache_write_premium_nano,
-    toInt32(0) AS kafka_partition, toInt64(number) AS kafka_offset, toInt64(0) AS ingested_ms
+    toInt32(0) AS kafka_partition, toInt64(number) AS kafka_offset, toInt64(0) AS ingested_ms,
+    '' AS parent_agent_id, '' AS parent_task_id
 FROM numbers({n})
 """
 

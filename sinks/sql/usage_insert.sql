@@ -13,7 +13,7 @@ INSERT INTO {db}.usage_events
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, tokens,
     estimated_tokens, criticality, status, prompt_hash, tool, tags, nano_usd, unpriced, price_version,
     price_model, price_provider, input_rate, cache_savings_nano, cache_write_premium_nano,
-    kafka_partition, kafka_offset, ingested_ms
+    kafka_partition, kafka_offset, ingested_ms, parent_agent_id, parent_task_id
 )
 {settings}
 SELECT
@@ -27,7 +27,7 @@ SELECT
     unpriced, price_version, price_model, price_provider, input_rate,
     toInt64(intDiv(saved + 500000, 1000000) - ((saved + 500000) % 1000000 < 0)) AS cache_savings_nano,
     toInt64(intDiv(extra + 500000, 1000000) - ((extra + 500000) % 1000000 < 0)) AS cache_write_premium_nano,
-    kafka_partition, kafka_offset, ingested_ms
+    kafka_partition, kafka_offset, ingested_ms, e.parent_agent_id, e.parent_task_id
 FROM
 (
     SELECT
@@ -46,7 +46,7 @@ FROM
                 step Nullable(Int64), input_tokens UInt64, output_tokens UInt64, cache_read_tokens UInt64,
                 cache_write_tokens UInt64, cache_write_1h_tokens UInt64, estimated_tokens Nullable(Int64),
                 criticality Nullable(String), status Nullable(String), prompt_hash String, tool String,
-                tags Map(String, String))') AS e,
+                tags Map(String, String), parent_agent_id String, parent_task_id String)') AS e,
             *
         FROM Python(bw_arrow_batch)
     )
