@@ -310,10 +310,20 @@ class WorkerProcess:
         try:
             return await processor_matches(self.status, truth, timeout_s)
         except AssertionError as err:
+            before = self.log_path.stat().st_size if self.log_path.exists() else 0
             if self.proc is not None and self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGUSR1)  # mode's worker logs every task's stack
                 await asyncio.sleep(2)
-            raise AssertionError(f"{err}\n--- {self.log_path} (tail) ---\n{self.log_tail(6000)}") from None
+            raise AssertionError(f"{err}\n--- {self.log_path} (tail) ---\n{self.log_diagnosis(before)}") from None
+
+    def log_diagnosis(self, dump_at: int, chars: int = 4000) -> str:
+        """The log's tail before the stack dump, then the dump's stacks without their locals (the
+        dump is long: the task stacks, not the tail of its last locals, show where it waits)."""
+        data = self.log_path.read_bytes() if self.log_path.exists() else b""
+        before, dump = data[:dump_at].decode(errors="replace"), data[dump_at:].decode(errors="replace")
+        stacks = [line for line in dump.splitlines()
+                  if line.startswith(("Stack for", "  File ")) or line.startswith("    ") and "await" in line]
+        return before[-chars:] + "\n--- task stacks ---\n" + "\n".join(stacks)[-2 * chars:]
 
     async def store_matches(self, truth: Truth, timeout_s: float = 40.0) -> tuple[dict[str, tuple[int, int]], int]:
         return await store_matches(self.sql, truth, timeout_s=timeout_s)
