@@ -105,10 +105,13 @@ class Access:
     def _filters(self, filters: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in filters.items() if v}
 
-    def top(self, by: str, period: str, limit: int, filters: dict[str, str]) -> Any:
+    def top(self, by: str, period: str, limit: int, filters: dict[str, str], inclusive: bool = False) -> Any:
+        """`inclusive`: with each agent's or task's cost including its sub-agents' (`q.top_inclusive`)."""
         if self.api:
-            return self.api.get("/api/top", by=by, period=period, limit=limit, **self._filters(filters))
-        return q.top(self.reader, by, period, limit, self._filters(filters), calendar=self.calendar)
+            more = {"inclusive": "1"} if inclusive else {}
+            return self.api.get("/api/top", by=by, period=period, limit=limit, **more, **self._filters(filters))
+        call = q.top_inclusive if inclusive else q.top
+        return call(self.reader, by, period, limit, self._filters(filters), calendar=self.calendar)
 
     def usage(self, period: str, by: str, limit: int, filters: dict[str, str]) -> Any:
         if self.api:

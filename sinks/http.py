@@ -155,7 +155,7 @@ def make_app(
 
         app.router.add_get(path, handler)
 
-    route("/api/top", lambda r: (q.top, (r.query.get("by", "agent"), _period(r, "day"), _int(r, "limit", 10), _filters(r), _now(r))))
+    route("/api/top", lambda r: (q.top_inclusive if r.query.get("inclusive") == "1" else q.top, (r.query.get("by", "agent"), _period(r, "day"), _int(r, "limit", 10), _filters(r), _now(r))))
     route("/api/usage", lambda r: (q.usage, (_period(r, "day"), r.query.get("by", "model"), _int(r, "limit", 20), _filters(r), _now(r))))
     route("/api/report", lambda r: (q.report, (_period(r, "day"), _now(r))))
     route("/api/waste", lambda r: (waste, (_period(r, "week"), _filters(r), _now(r))))

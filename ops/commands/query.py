@@ -70,6 +70,18 @@ def _usage_table(title: str, rows: list[dict[str, Any]], by: str = "key") -> Tab
     return table
 
 
+def _inclusive_table(title: str, rows: list[dict[str, Any]], by: str) -> Table:
+    """Direct cost (the key's own calls) next to inclusive cost (with every sub-agent below it)."""
+    table = Table(title=title)
+    key_column(table, _KEY_NAMES.get(by, by))
+    for col in ("events", "tokens", "direct USD", "sub-agents", "incl. tokens", "inclusive USD"):
+        num_column(table, col)
+    for r in rows:
+        table.add_row(escape(r["key"] or "(none)"), tokens(r["events"]), tokens(r["tokens"]), usd(r["nano_usd"]),
+                      tokens(r["subagents"]), tokens(r["inclusive_tokens"]), usd(r["inclusive_nano_usd"]))
+    return table
+
+
 _PREVIOUS = {"hour": "previous hour", "day": "yesterday", "week": "last week", "month": "previous month"}
 
 
@@ -79,21 +91,28 @@ def register(app: typer.Typer) -> None:
         by: Annotated[str, typer.Option("--by", help=_BY_HELP)] = "agent",
         period: Annotated[str, typer.Option("--period", help=_PERIOD_HELP)] = "day",
         limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="Rows (1..100,000)")] = 10,
+        inclusive: Annotated[bool, typer.Option(
+            "--inclusive", help="By agent or task: each one's cost with every sub-agent below it, next to its own; "
+                                "most expensive inclusive first")] = False,
         as_json: AsJson = False,
         data_dir: DataDir = None,
     ) -> None:
         """Who spends: usage and cost by one dimension, most expensive first."""
         _check("by", by, list(DIMENSIONS))
+        if inclusive:
+            _check("by", by, ["agent", "task"])
         _check("period", period, PERIODS)
         label: list[str] = []
 
         def fetch(a: Access) -> Any:
             label.append(period_label(period, _now_ms(), a.calendar))
-            return a.top(by, period, limit, {})
+            return a.top(by, period, limit, {}, inclusive)
 
         rows = _run(data_dir, fetch)
         if as_json:
             print_json(rows)
+        elif inclusive:
+            console().print(_inclusive_table(f"top {limit} by {by} with sub-agents, {label[0]}", rows, by))
         else:
             console().print(_usage_table(f"top {limit} by {by}, {label[0]}", rows, by))
 

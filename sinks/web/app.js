@@ -277,16 +277,24 @@ function renderDecisions(list, now) {
 }
 
 // top spenders ------------------------------------------------------------------------------
+// By agent the API answers with inclusive cost (the agent's own calls plus its sub-agents'):
+// the bar and the figure are inclusive, the share is of the own (direct) spend, which sums to 100%.
+function topQuery(by) {
+  return `api/top?by=${by}&period=day&limit=7${by === "agent" ? "&inclusive=1" : ""}`;
+}
+
 function renderTop(rows) {
-  const max = Math.max(1e-12, ...rows.map((r) => dollars(r.usd)));
+  const cost = (r) => dollars(r.inclusive_usd ?? r.usd);
+  const max = Math.max(1e-12, ...rows.map(cost));
   const total = rows.reduce((s, r) => s + dollars(r.usd), 0);
   setHTML("top", rows.map((r, i) => {
-    const v = dollars(r.usd);
-    return `<div class="rank" data-key="${esc(r.key)}"><span class="pos">${i + 1}</span>
+    const v = cost(r), own = dollars(r.usd);
+    const subs = r.subagents ? ` · own ${usd(own)} + ${num.format(r.subagents)} sub-agent${r.subagents > 1 ? "s" : ""}` : "";
+    return `<div class="rank" data-key="${esc(r.key)}" data-direct="${esc(r.usd)}" data-inclusive="${esc(r.inclusive_usd ?? r.usd)}"><span class="pos">${i + 1}</span>
       <div class="who"><div class="k">${esc(r.key || "(none)")}</div>
       <div class="meter"><div style="width:${((100 * v) / max).toFixed(1)}%"></div></div>
-      <div class="sub">${num.format(r.events)} calls · ${tokens(r.tokens)} tok${r.cache_read_tokens ? ` · ${tokens(r.cache_read_tokens)} cached` : ""}</div></div>
-      <div class="cost"><b>${usd(v)}</b><span>${total ? Math.round((100 * v) / total) : 0}%</span></div></div>`;
+      <div class="sub">${num.format(r.events)} calls · ${tokens(r.tokens)} tok${r.cache_read_tokens ? ` · ${tokens(r.cache_read_tokens)} cached` : ""}${subs}</div></div>
+      <div class="cost"><b>${usd(v)}</b><span title="share of today's own spend">${total ? Math.round((100 * own) / total) : 0}%</span></div></div>`;
   }).join("") || `<p class="empty">Nothing spent today.</p>`);
 }
 
@@ -380,7 +388,7 @@ async function refresh() {
       settle(getJSON("api/burn").catch(() => null), (dayBurn) => renderHeadline(live, dayBurn)),
       settle(getJSON("api/burn/minutes?minutes=60"), renderBurn),
       settle(getJSON("api/decisions?limit=200"), (list) => renderDecisions(list.length ? list : [...(live.recent_decisions || [])].reverse(), now)),
-      settle(getJSON(`api/top?by=${state.topBy}&period=day&limit=7`), renderTop),
+      settle(getJSON(topQuery(state.topBy)), renderTop),
       settle(Promise.all([getJSON("api/tasks/distribution?period=day"), getJSON("api/top?by=task&period=day&limit=4")]), ([t, worst]) => renderTasks(t, worst)),
       settle(getJSON("api/cache?period=day"), renderCache),
     ]);
@@ -400,7 +408,7 @@ document.getElementById("top-tabs").addEventListener("click", (ev) => {
   if (!by) return;
   state.topBy = by;
   for (const b of document.querySelectorAll("#top-tabs button")) b.classList.toggle("on", b.dataset.by === by);
-  settle(getJSON(`api/top?by=${by}&period=day&limit=7`), renderTop);
+  settle(getJSON(topQuery(by)), renderTop);
 });
 document.getElementById("burn").addEventListener("mousemove", onBurnHover);
 document.getElementById("burn").addEventListener("mouseleave", () => {

@@ -2,17 +2,25 @@
 `top_inclusive` (direct from the rollups and raw rows, descendants from raw rows) adding up."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from typer.testing import CliRunner
 
+from ops.cli import app
+from schemas.clock import system_ms
 from schemas.contract import UsageEvent
 from schemas.pricing import PriceCatalog
+from sinks import access as access_mod
 from sinks import queries as q
 from sinks.chdb_store import ChdbStore
+from sinks.http import allowed_hosts, make_app
 from sinks.rollups import Rollups
 from sinks.rows import USAGE_COLUMNS, UsageColumns, usage_row
-from sinks.store import apply_schema
+from sinks.store import StoreRunner, apply_schema
 
 NOW = 1_767_268_800_000  # 2026-01-01T12:00:00Z
 H = 3_600_000
@@ -106,3 +114,45 @@ def test_inclusive_top_keeps_a_parent_ranked_below_the_limit_by_direct_cost(stor
 def test_inclusive_is_only_by_agent_or_task(store: ChdbStore) -> None:
     with pytest.raises(ValueError, match="agent or task"):
         q.top_inclusive(store, "model", "day", 10, now_ms=NOW)
+
+
+async def test_api_top_inclusive_and_its_bad_dimension(store: ChdbStore) -> None:
+    runner = StoreRunner(store)
+    hosts: set[str] = set()
+    api = make_app(runner, lambda: {"agents": {}}, token="t" * 32, hosts=hosts)
+    auth = {"Authorization": f"Bearer {'t' * 32}"}
+    async with TestClient(TestServer(api, host="127.0.0.1")) as client:
+        hosts.update(allowed_hosts("127.0.0.1", client.port))
+        resp = await client.get("/api/top", params={"by": "agent", "period": "day", "inclusive": "1",
+                                                    "now_ms": str(NOW)}, headers=auth)
+        assert resp.status == 200
+        rows = {r["key"]: r for r in await resp.json()}
+        assert rows["boss"]["inclusive_usd"] == f"{nano('h1') / 1e9:.9f}" and rows["boss"]["usd"] == "0.000000000"
+        bad = await client.get("/api/top", params={"by": "model", "inclusive": "1"}, headers=auth)
+        assert bad.status == 400 and "agent or task" in (await bad.json())["error"]
+    runner.shutdown()
+
+
+def test_cli_top_inclusive_json_and_table(tmp_path_factory: pytest.TempPathFactory,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path_factory.getbasetemp()  # the CLI's store: `<data dir>/clickhouse`, this module's database
+    s = ChdbStore(root / "clickhouse", "t_subagents_cli")
+    apply_schema(s)
+    now = system_ms() - 1_000  # the CLI asks about today on the system clock
+    tree = [ev("x1", now, "planner", "job-1", 1_000), ev("x2", now, "researcher", "r-1", 20_000, ("planner", "job-1")),
+            ev("x3", now, "fetcher", "f-1", 300_000, ("researcher", "r-1"))]
+    s.insert("usage_events", USAGE_COLUMNS, [usage_row(e, PriceCatalog.default(), 0, i, now) for i, e in enumerate(tree)])
+    s.close()
+    monkeypatch.setattr(access_mod, "open_store", lambda settings: ChdbStore(settings.clickhouse_dir, "t_subagents_cli"))
+    cli = CliRunner()
+    result = cli.invoke(app, ["top", "--inclusive", "--json", "--data-dir", str(root)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["key"], r["nano_usd"], r["inclusive_nano_usd"]) for r in rows] == [
+        ("planner", 1_000 * 2_500, 321_000 * 2_500), ("researcher", 20_000 * 2_500, 320_000 * 2_500),
+        ("fetcher", 300_000 * 2_500, 300_000 * 2_500)]
+    table = cli.invoke(app, ["top", "--inclusive", "--data-dir", str(root)], env={"COLUMNS": "120"})
+    assert table.exit_code == 0, table.output
+    assert "inclusive USD" in table.stdout and "$0.80" in table.stdout  # planner: 321,000 x $2.50 / 1M
+    wrong = cli.invoke(app, ["top", "--inclusive", "--by", "model", "--data-dir", str(root)])
+    assert wrong.exit_code != 0 and "by: must be one of agent, task" in wrong.output
