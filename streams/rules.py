@@ -247,13 +247,15 @@ def _simhash(value: str) -> int:
 
 def _loop(config: RulesConfig, task: TaskState, event: UsageEvent, step: int) -> tuple[int, str] | None:
     """(repeats, what repeated) when the event closes a loop: `repeats` of one prompt_hash, of one
-    (turn_hash, tool_hash) pair, or of turns within `simhash_distance` bits of this one's SimHash
+    (turn, tool_hash) pair, or of turns within `simhash_distance` bits of this one's SimHash
     answered with the same call, within the last `within_steps` steps. Updates the task's recent hashes and turns.
 
     A pair: the same call made on the same newest turn, which is what a stuck agent does. A turn
     alone repeats in legitimate work (a tool that answers "saved" to different calls), and so
     does a call alone (polling a job whose answer moves on): `bench detection` measured both
-    as the main sources of false kills."""
+    as the main sources of false kills. A turn is its turn_hash and its result_hash: a tool
+    result's numbers are masked in the one and kept in the other, so a job whose progress
+    moves on (45% done, then 52%) is a new turn, for near-identical turns too."""
     params = config.rules.loop_detected
     within, need = params.within_steps, params.repeats
     found: tuple[int, str] | None = None
@@ -272,19 +274,22 @@ def _loop(config: RulesConfig, task: TaskState, event: UsageEvent, step: int) ->
     if not (event.turn_hash or event.tool_hash or sim >= 0):
         return found
     turns = task.turns
-    turns.append((step, event.turn_hash, event.tool_hash, sim))
+    turn = event.turn_hash + event.result_hash
+    turns.append((step, turn, event.tool_hash, sim))
     while turns and (turns[0][0] <= step - within or len(turns) > TURNS_CAP):
         turns.pop(0)
     if found is not None:
         return found
     distance = params.simhash_distance if sim >= 0 else -1
     same = near = 0
-    for s, turn_hash, tool_hash, other in turns:
-        if s <= step - within:
+    result = event.result_hash
+    for s, other_turn, tool_hash, other in turns:
+        if s <= step - within or tool_hash != event.tool_hash:
             continue
-        if event.turn_hash and turn_hash == event.turn_hash and tool_hash == event.tool_hash:
+        if event.turn_hash and other_turn == turn:
             same += 1
-        if distance >= 0 and other >= 0 and tool_hash == event.tool_hash and (other ^ sim).bit_count() <= distance:
+        # near: the SimHashes close and, for a tool result, the same result_hash (the key's tail)
+        if distance >= 0 and other >= 0 and other_turn.endswith(result) and (other ^ sim).bit_count() <= distance:
             near += 1
     if same >= need:
         return same, "same call on the same newest turn" if event.tool_hash else "same newest turn, no tool call"
@@ -313,7 +318,6 @@ def _fingerprint_hits(config: RulesConfig, task: TaskState, event: UsageEvent, n
     hits: list[dict[str, Any]] = []
     head = f"Agent {name} may be looping: {task.tokens} tokens/task"
     cycle = rules.tool_cycle_detected
-    producer = task.tools[-1] if task.tools else ""  # the call whose result this event's turn carries
     if event.tool_hash:
         tools = task.tools
         tools.append(event.tool_hash)
@@ -326,10 +330,9 @@ def _fingerprint_hits(config: RulesConfig, task: TaskState, event: UsageEvent, n
                              message=f"{head} (a cycle of {period} tool calls repeated {cycle.repeats}x "
                                      f"in task {task_id})"))
     progress = rules.no_progress_detected
-    if event.result_hash:  # `results`: the latest (call, result) and how many times in a row it came back
-        key = f"{producer}|{event.result_hash}"
-        seen = task.results.get(key, 0) + 1
-        task.results = {key: seen}
+    if event.result_hash:  # `results`: the latest result (with its call) and how many times in a row it came back
+        seen = task.results.get(event.result_hash, 0) + 1
+        task.results = {event.result_hash: seen}
         if progress.enabled and seen >= progress.repeats:
             hits.append(dict(rule="no_progress_detected", observed=seen, limit=progress.repeats, unit="tokens",
                              message=f"{head} (no progress: the same call returned the same result {seen}x in a row "

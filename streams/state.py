@@ -58,9 +58,9 @@ class TaskState(Struct, array_like=True):
     task_type: str = ""
     learned_estimate: int = 0  # from the sizes of the agent's ended tasks (of this type), set once; 0: none
     ended: bool = False  # a task_end (or the idle sweep) ended it: its size was learned, or never will be
-    turns: list[tuple[int, str, str, int]] = []  # recent (step, turn_hash, tool_hash, simhash or -1)
+    turns: list[tuple[int, str, str, int]] = []  # recent (step, turn_hash + result_hash, tool_hash, simhash or -1)
     tools: list[str] = []  # recent tool_hash, oldest first (tool-call cycles)
-    results: dict[str, int] = {}  # "call|result" of the latest tool result -> times in a row (one entry)
+    results: dict[str, int] = {}  # result_hash (it carries its call) of the latest tool result -> times in a row
     errors: int = 0  # consecutive events with status error / retry (retry storms)
     holds: dict[str, int] = {}  # rule -> events of the task its condition held on (ladder evidence; one per rule)
 

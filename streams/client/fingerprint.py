@@ -9,7 +9,14 @@ values for the usage event:
 - `tool_hash`: blake2b of each tool call's name + canonical JSON of its arguments (sorted
   keys), in order; `tool_calls` (the response's calls) when given, else the calls of the last
   assistant message in `messages`;
-- `result_hash`: blake2b of the newest turn's tool results, normalized ("" if it has none);
+- `result_hash`: blake2b of the newest turn's tool results and of the calls that produced them
+  ("" if it has none). Its normalization keeps numbers: in a tool result they are the state an
+  agent polls (45% done, position 4 in queue, 3 rows), so masking them made a job that
+  progresses look stuck. Only clocks are masked there besides ids: timestamps, times of day and
+  durations (an elapsed counter ticks whether or not anything moves). The producing calls count
+  by their shape: numeric arguments, ids and clocks masked, so a poll whose arguments change
+  only in an attempt number, a wait or a `since` time is the same call, while a write to
+  chapter_2.md (digits inside a string) stays another call than one to chapter_1.md;
 - `simhash`: 64-bit SimHash of the newest turn's words, as a DECIMAL STRING (a JSON
   number above 2^53 loses precision in JavaScript and others), "" when the turn has no words.
 
@@ -43,6 +50,8 @@ _ISO_TS = re.compile(
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
 _HEX = re.compile(r"\b(?:0[xX][0-9a-fA-F]+|(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,})\b")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_CLOCK = re.compile(r"\b\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\b")
+_DURATION = re.compile(r"\b\d+(?:[.,]\d+)?\s?(?:ms|milliseconds?|s|secs?|seconds?|mins?|minutes?|h|hrs?|hours?|days?)\b")
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -59,12 +68,17 @@ class Fingerprints(Struct, frozen=True):
                                   ("result_hash", self.result_hash), ("simhash", self.simhash)) if v}
 
 
-def normalize_text(text: str) -> str:
-    """Whitespace collapsed; ISO timestamps, UUIDs, long hex ids and numbers masked."""
+def normalize_text(text: str, keep_numbers: bool = False) -> str:
+    """Whitespace collapsed; ISO timestamps, UUIDs, long hex ids and numbers masked. With
+    `keep_numbers` (tool results), numbers stay but times of day and durations are masked."""
     text = _ISO_TS.sub("<ts>", text)
     text = _UUID.sub("<uuid>", text)
     text = _HEX.sub("<hex>", text)
-    text = _NUMBER.sub("#", text)
+    if keep_numbers:
+        text = _CLOCK.sub("<ts>", text)
+        text = _DURATION.sub("<dur>", text)
+    else:
+        text = _NUMBER.sub("#", text)
     return _SPACE.sub(" ", text).strip()
 
 
@@ -125,17 +139,36 @@ def _plain(obj: Any) -> Any:
     return getattr(obj, "__dict__", str(obj))
 
 
-def _canonical(value: Any) -> str:
+def _canonical(value: Any, shape: bool = False) -> str:
+    """Canonical JSON of a value (sorted keys); with `shape`, its numbers, ids and clocks masked."""
     value = _plain(value)
     if isinstance(value, str):
         try:
             value = json.loads(value)  # OpenAI sends arguments as a JSON string
         except ValueError:
-            return value
+            return normalize_text(value, keep_numbers=True) if shape else value
+    if shape:
+        value = _shape(value)
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+def _shape(value: Any) -> Any:
+    """Numbers (JSON numbers: attempts, waits, pages) masked; ids and clocks masked in strings,
+    whose other digits stay (a path chapter_2.md is another file than chapter_1.md)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return "#"
+    if isinstance(value, str):
+        return normalize_text(value, keep_numbers=True)
+    if isinstance(value, dict):
+        return {str(k): _shape(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shape(v) for v in value]
+    return value
 
 
 def _text(obj: Any, out: list[str], results: list[str] | None, in_result: bool = False) -> None:
@@ -192,6 +225,11 @@ def _calls_of(message: Any) -> list[tuple[str, Any]]:
     return calls
 
 
+def _call_key(calls: list[tuple[str, Any]], shape: bool = False) -> str:
+    """Each call's name and canonical JSON arguments (their shape: `_shape`), one a line, in order."""
+    return "\n".join(f"{name}:{_canonical(args, shape) if args is not None else ''}" for name, args in calls)
+
+
 def _role(message: Any) -> str:
     if isinstance(message, dict):
         role = message.get("role")
@@ -226,13 +264,13 @@ def fingerprint(messages: Any, tool_calls: Any = None) -> Fingerprints:
     for message in turn:
         _text(message, out, results)
     text = normalize_text(" ".join(out))
-    result_text = normalize_text(" ".join(results))
-    calls = _calls_of(tool_calls) if tool_calls is not None else _calls_of(assistant) if assistant is not None else []
-    tool_key = "\n".join(f"{name}:{_canonical(args) if args is not None else ''}" for name, args in calls)
+    result_text = normalize_text(" ".join(results), keep_numbers=True)
+    producers = _calls_of(assistant) if assistant is not None else []
+    calls = _calls_of(tool_calls) if tool_calls is not None else producers
     sim = simhash(text)
     return Fingerprints(
         turn_hash=_hash(text) if text else "",
-        tool_hash=_hash(tool_key) if calls else "",
-        result_hash=_hash(result_text) if result_text else "",
+        tool_hash=_hash(_call_key(calls)) if calls else "",
+        result_hash=_hash(_call_key(producers, shape=True) + "\n" + result_text) if result_text else "",
         simhash=str(sim) if sim is not None else "",
     )

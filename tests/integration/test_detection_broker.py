@@ -21,6 +21,7 @@ from schemas.contract import Decision
 from schemas.topics import Topics
 from streams.client import BudgetClient, TaskKilled
 from streams.kafka import KafkaSecurity
+from streams.rules_config import RulesConfig
 from tests.integration.test_processor_fleet import Worker, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -84,8 +85,9 @@ async def test_a_growing_prompt_loop_recorded_with_messages_is_killed(worker: Wo
                 await asyncio.sleep(0.05)
     found = await _decisions(worker, task_id, lambda ds: any(d.action == "kill_task" for d in ds))
     kill = next(d for d in found if d.action == "kill_task")  # the first; calls already on their way may add more
-    assert kill.rule == "loop_detected" and "same call on the same newest turn 12x" in kill.message
-    assert 12 <= calls < 100  # killed soon after the 12th identical call, not at the end
+    repeats = RulesConfig().rules.loop_detected.repeats
+    assert kill.rule == "loop_detected" and f"same call on the same newest turn {repeats}x" in kill.message
+    assert repeats <= calls < 100  # killed soon after the identical call that proves the loop, not at the end
     assert len({json.dumps(m, sort_keys=True) for m in messages}) == len(messages)  # the prompt never repeated
 
 

@@ -42,6 +42,50 @@ def test_turns_differing_only_by_timestamp_uuid_or_number_hash_equal() -> None:
     assert len(a.turn_hash) == 16 and int(a.turn_hash, 16) >= 0  # blake2b, 8 bytes, hex
 
 
+def test_result_normalization_keeps_numbers_and_masks_only_ids_and_clocks() -> None:
+    text = ("job-1 at 2026-12-05T10:08:58Z (req 3f2b9c1e-8d4a-4b6f-9e21-0a7c5d3e1f90, sha 9f86d081884c7d65): "
+            "running, 45% done,  3 of 7 parts, 1.5 GB, 12 rows/s, 340 s elapsed, ETA 2 min, checked 10:08:58")
+    assert normalize_text(text, keep_numbers=True) == (
+        "job-1 at <ts> (req <uuid>, sha <hex>): running, 45% done, 3 of 7 parts, 1.5 GB, 12 rows/s, "
+        "<dur> elapsed, ETA <dur>, checked <ts>")
+    assert normalize_text("3 results, page 2, 5 hosts, v4.2, 30ms, 2h, 7 days", keep_numbers=True) == (
+        "3 results, page 2, 5 hosts, v4.2, <dur>, <dur>, <dur>")
+
+
+def test_result_hash_keeps_progress_numbers_that_turn_hash_masks() -> None:
+    """A job polled until done (45%, then 52%) is progress; one whose answer moves only by its
+    clock (elapsed time, request id, timestamp) is not."""
+    a = fingerprint(_tool_turn("export: running, 45% done, 120 s elapsed (req 3f2b9c1e-8d4a-4b6f-9e21-0a7c5d3e1f90)"))
+    moved = fingerprint(_tool_turn("export: running, 52% done, 150 s elapsed (req 0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9)"))
+    ticked = fingerprint(_tool_turn("export: running, 45% done, 180 s elapsed (req 0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9)"))
+    assert a.turn_hash == moved.turn_hash == ticked.turn_hash  # the turn masks every number
+    assert a.result_hash != moved.result_hash
+    assert a.result_hash == ticked.result_hash
+
+
+def test_result_hash_carries_the_producing_call_with_its_counters_masked() -> None:
+    """The same answer to a poll whose arguments change only in a counter or a time is no
+    progress; the same acknowledgement of writes to other files is."""
+    def poll(args: dict) -> str:
+        return fingerprint(_tool_turn("job-7: queued, position 4", args=args)).result_hash
+    assert poll({"job": "job-7", "attempt": 1}) == poll({"job": "job-7", "attempt": 2})
+    assert poll({"job": "job-7", "since": "2026-12-05T10:00:00Z"}) == poll({"job": "job-7", "since": "2026-12-05T10:05:00Z"})
+    assert poll({"job": "job-7"}) != poll({"job": "job-8"})  # digits in a string stay
+    assert poll({"job": "job-7", "attempt": 1}) != poll({"job": "job-7"})  # other arguments
+    assert poll({"job": "job-7", "wait": 1.5, "verbose": True}) == poll({"job": "job-7", "wait": 30, "verbose": True})
+    assert poll({"job": "job-7", "wait": 1.5, "verbose": True}) != poll({"job": "job-7", "wait": 1.5, "verbose": False})
+    anthropic = [{"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup_order",
+                                                    "input": {"attempt": 9, "job": "job-7"}}]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                               "content": "job-7: queued, position 4"}]}]
+    assert fingerprint(anthropic).result_hash == poll({"job": "job-7", "attempt": 1})  # an object, or a JSON string
+    assert fingerprint(_tool_turn("ok", args={"path": "chapter_1.md"})).result_hash != fingerprint(
+        _tool_turn("ok", args={"path": "chapter_2.md"})).result_hash
+    # tool_hash stays exact: the calls differ
+    assert fingerprint([], [{"name": "p", "arguments": {"attempt": 1}}]).tool_hash != fingerprint(
+        [], [{"name": "p", "arguments": {"attempt": 2}}]).tool_hash
+
+
 def test_only_the_newest_turn_counts_so_a_growing_prompt_keeps_its_fingerprint() -> None:
     history = _tool_turn("Order A-1 status pending")
     grown = history + [{"role": "assistant", "content": "Checking again."}, {"role": "tool", "content": "Order A-1 status pending"}]

@@ -46,8 +46,8 @@ def test_new_rules_kill_the_task_at_p1() -> None:
         assert RULE_TABLE[rule] == ("P1", "kill_task")
     rules = RulesConfig().rules
     assert (rules.loop_detected.simhash_distance, rules.tool_cycle_detected.repeats, rules.tool_cycle_detected.max_period,
-            rules.no_progress_detected.repeats, rules.retry_storm_detected.consecutive) == (3, 2, 4, 12, 5)
-    assert rules.loop_detected.repeats == 12  # the defaults `bench detection` measured (README, Performance)
+            rules.no_progress_detected.repeats, rules.retry_storm_detected.consecutive) == (3, 2, 4, 5, 5)
+    assert rules.loop_detected.repeats == 5  # the defaults `bench detection` measured (README, Performance)
 
 
 def test_turn_hash_repeats_are_a_loop_at_n_within_m_steps_only() -> None:
@@ -72,6 +72,25 @@ def test_the_same_call_on_the_same_turn_is_a_loop_a_call_or_a_turn_alone_is_not(
     assert d.message.startswith("Agent bot may be looping")
     assert [(c.command, c.task_id) for c in out.commands] == [("kill_task", "t")]
     assert h.send(step=10, tool_hash="x", turn_hash="a").decisions == []  # once per task
+
+
+def test_a_tool_result_turn_is_its_turn_hash_and_its_result_hash() -> None:
+    """A job polled until done: the turn_hash (numbers masked) repeats, the result_hash (numbers
+    kept: 45%, then 52%) moves on, so it is no loop; the same result_hash is one, near-identical
+    turns as well as identical ones."""
+    h = Harness({"loop_detected": {"repeats": 3, "within_steps": 10}})
+    moving = [{"step": s, "tool_hash": "poll", "turn_hash": "a", "result_hash": f"r{s}", "simhash": "7"} for s in range(6)]
+    assert h.run(moving) == []
+    stuck = [{"step": s, "tool_hash": "poll", "turn_hash": "a", "result_hash": "r", "simhash": "7", "task_id": "u"}
+             for s in range(3)]
+    assert h.run(stuck) == [(2, "loop_detected", "kill_task")]
+    h = Harness({"loop_detected": {"repeats": 3, "within_steps": 10}})
+    near = [{"step": s, "tool_hash": "poll", "turn_hash": f"a{s}", "result_hash": "r", "simhash": _near(7, [s])}
+            for s in range(3)]  # other turn_hashes, one result, SimHashes within 3 bits
+    [d] = [d for ev in near for d in h.send(**ev).decisions if d.rule == "loop_detected"]
+    assert "near-identical turns" in d.message
+    h = Harness({"loop_detected": {"repeats": 3, "within_steps": 10}})
+    assert h.run([{**ev, "result_hash": f"r{i}"} for i, ev in enumerate(near)]) == []  # the results moved on
 
 
 def _near(n: int, bits: list[int]) -> str:
@@ -111,13 +130,12 @@ def test_a_tool_cycle_of_period_2_to_4_repeated_r_times() -> None:
 
 
 def test_no_progress_when_the_same_call_returns_the_same_result_n_times_in_a_row() -> None:
+    """The result_hash carries its call (the client hashes both), so the rule counts it alone."""
     h = Harness({"no_progress_detected": {"repeats": 5}})
-    trace = [{"result_hash": r, "tool_hash": "poll"} for r in ("r1", "r1", "r1", "r2", "r1", "r1", "r1")]
-    assert h.run(trace) == []  # r1 three times in a row at most
-    assert h.run([{"result_hash": "r1", "tool_hash": f"write{i}"} for i in range(8)]) == []  # other calls each time
-    # the first answers the last write; then "poll" answers "r1" four times in a row
-    assert h.run([{"result_hash": "r1", "tool_hash": "poll"}] * 5) == []
-    out = h.send(result_hash="r1", tool_hash="poll")  # the 5th
+    trace = [{"result_hash": r, "tool_hash": "poll"} for r in ("r1", "r1", "r1", "r2", "r1", "r1", "r1", "r1")]
+    assert h.run(trace) == []  # r1 four times in a row at most
+    assert h.run([{"tool_hash": "think"}]) == []  # an event without a tool result does not break the run
+    out = h.send(result_hash="r1", tool_hash="poll")  # the 5th in a row
     [d] = out.decisions
     assert (d.rule, d.action, d.observed, d.limit) == ("no_progress_detected", "kill_task", 5, 5)
     assert "the same call returned the same result 5x in a row" in d.message
@@ -192,7 +210,7 @@ def test_labelled_trace_a_looping_agent_with_a_growing_prompt_is_caught_by_finge
     assert len({e["turn_hash"] for e in trace}) == 1 and len({e["tool_hash"] for e in trace}) == 1
     fired = Harness({"loop_detected": {"repeats": 5}, "no_progress_detected": {"repeats": 5}}).run(trace)
     assert fired[0] == (4, "loop_detected", "kill_task")  # the 5th identical call on the same turn
-    assert (5, "no_progress_detected", "kill_task") in fired  # the call's 5th same answer (the 1st had no caller)
+    assert (4, "no_progress_detected", "kill_task") in fired  # the call's 5th same answer
     # without fingerprints (a prompt_hash only), the same agent is never caught
     assert Harness().run([{"step": e["step"], "prompt_hash": e["prompt_hash"]} for e in trace]) == []
 
