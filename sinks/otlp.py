@@ -10,13 +10,22 @@ Wire formats (OTLP/HTTP): protobuf (`application/x-protobuf`) and JSON (`applica
 where trace and span ids are hex strings, not protobuf-JSON's base64); a failed request is
 answered with a `google.rpc.Status`, a partly bad one with `partial_success`, each in the
 request's encoding. No I/O here: `sinks.ingest` serves it.
+
+Sub-agents: an agent span is an `invoke_agent` span naming its agent (`gen_ai.agent.name`,
+else `gen_ai.agent.id`). A GenAI span without an agent attribute of its own belongs to the
+nearest agent span above it; its parent is the nearest agent span above that is another
+agent's, whose task is that span's `gen_ai.conversation.id`, else the trace id. Only spans of
+the same export are seen (the receiver keeps no spans between requests): where the parent agent
+span travels in another export (a batch processor exports a span when it ends, a long-running
+agent's after its calls'), the event has no parent. Explicit span attributes
+`budgetwarden.parent_agent_id` / `budgetwarden.parent_task_id` win over what is inferred.
 """
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 from google.protobuf import json_format
@@ -35,6 +44,8 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 GENAI_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+AGENT_OPERATION = "invoke_agent"
+MAX_ANCESTORS = 256  # parent links followed up from one span (a malformed export may loop)
 USAGE_PREFIX = "gen_ai.usage."
 MAX_ERROR_MESSAGES = 5  # reasons quoted in `partial_success.error_message`
 
@@ -102,6 +113,59 @@ def provider(name: str) -> str:
     return PROVIDERS.get(name.strip().lower(), "other")
 
 
+# -- agent spans above a span ------------------------------------------------------------------
+
+class AgentSpan(NamedTuple):
+    agent: str
+    task: str  # its gen_ai.conversation.id, else its trace id (hex)
+
+
+class SpanIndex:
+    """The spans of one export by (trace id, span id); `above(span)` walks a span's parents up.
+    Built at the first walk (an export of spans without parents builds nothing), and a span's
+    attributes are read only when a walk passes it, each once."""
+
+    def __init__(self, request: ExportTraceServiceRequest) -> None:
+        self._request = request
+        self._spans: dict[tuple[bytes, bytes], Span] | None = None
+        self._agents: dict[tuple[bytes, bytes], AgentSpan | None] = {}
+
+    def _index(self) -> dict[tuple[bytes, bytes], Span]:
+        if self._spans is None:
+            self._spans = {(span.trace_id, span.span_id): span for resource_spans in self._request.resource_spans
+                           for scope_spans in resource_spans.scope_spans for span in scope_spans.spans}
+        return self._spans
+
+    def above(self, span: Span) -> list[AgentSpan]:
+        """The agent spans above `span` in this export, nearest first (a loop of parents ends)."""
+        if not span.parent_span_id:
+            return []
+        spans = self._index()
+        found: list[AgentSpan] = []
+        seen: set[bytes] = set()
+        key = (span.trace_id, span.parent_span_id)
+        while key[1] and key[1] not in seen and len(seen) < MAX_ANCESTORS:
+            seen.add(key[1])
+            parent = spans.get(key)
+            if parent is None:
+                break
+            if key not in self._agents:
+                self._agents[key] = _agent_span(parent)
+            agent = self._agents[key]
+            if agent is not None:
+                found.append(agent)
+            key = (span.trace_id, parent.parent_span_id)
+        return found
+
+
+def _agent_span(span: Span) -> AgentSpan | None:
+    attrs = {kv.key: kv.value for kv in span.attributes}
+    if _text(attrs.get("gen_ai.operation.name")) != AGENT_OPERATION:
+        return None
+    agent = _first(attrs, "gen_ai.agent.name", "gen_ai.agent.id")
+    return AgentSpan(agent, _first(attrs, "gen_ai.conversation.id") or span.trace_id.hex()) if agent else None
+
+
 # -- span -> event ----------------------------------------------------------------------------
 
 def event_id(trace_id: bytes, span_id: bytes) -> str:
@@ -109,8 +173,9 @@ def event_id(trace_id: bytes, span_id: bytes) -> str:
     return f"otel-{trace_id.hex()}-{span_id.hex()}"
 
 
-def span_event(span: Span, resource: Mapping[str, AnyValue]) -> dict[str, Any] | None:
+def span_event(span: Span, resource: Mapping[str, AnyValue], above: Sequence[AgentSpan] = ()) -> dict[str, Any] | None:
     """The usage event (as the contract's JSON fields) of a GenAI span; None for any other span.
+    `above`: the agent spans above it, nearest first (`SpanIndex.above`; the module docstring).
     Raises SpanError for a GenAI span that cannot be one; the contract's checks come after
     (`events_from_request` decodes the result with the processor's decoder)."""
     attrs = {kv.key: kv.value for kv in span.attributes}
@@ -126,7 +191,7 @@ def span_event(span: Span, resource: Mapping[str, AnyValue]) -> dict[str, Any] |
     model = _first(attrs, "gen_ai.response.model", "gen_ai.request.model")
     if not model:
         raise SpanError("no gen_ai.response.model or gen_ai.request.model")
-    agent = _first(attrs, "gen_ai.agent.name", "gen_ai.agent.id") or _first(
+    agent = _first(attrs, "gen_ai.agent.name", "gen_ai.agent.id") or (above[0].agent if above else "") or _first(
         resource, "gen_ai.agent.name", "gen_ai.agent.id", "service.name")
     if not agent:
         raise SpanError("no gen_ai.agent.name, gen_ai.agent.id or resource service.name")
@@ -148,6 +213,12 @@ def span_event(span: Span, resource: Mapping[str, AnyValue]) -> dict[str, Any] |
     user = _first(attrs, "user.id", "enduser.id") or _first(resource, "user.id", "enduser.id")
     if user:
         event["user_id"] = user
+    parent = next((a for a in above if a.agent != agent), None)
+    parent_agent = _first(attrs, "budgetwarden.parent_agent_id") or (parent.agent if parent else "")
+    if parent_agent:
+        event["parent_agent_id"] = parent_agent
+        explicit_task = _first(attrs, "budgetwarden.parent_task_id")
+        event["parent_task_id"] = explicit_task or (parent.task if parent and parent.agent == parent_agent else "")
     return event
 
 
@@ -159,13 +230,14 @@ def events_from_request(
     encoded: list[bytes] = []
     labels: list[str] = []
     reasons: list[str] = []
+    index = SpanIndex(request)
     for resource_spans in request.resource_spans:
         resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 label = f"span {span.span_id.hex() or '?'}"
                 try:
-                    event = span_event(span, resource)
+                    event = span_event(span, resource, index.above(span))
                 except SpanError as err:
                     reasons.append(f"{label}: {err}")
                     continue

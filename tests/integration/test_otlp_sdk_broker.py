@@ -1,8 +1,8 @@
 """The real OpenTelemetry SDK and its OTLP/HTTP exporter (protobuf, gzip, bearer header) against
-`POST /v1/traces` on the real broker: an agent span with a GenAI chat child carrying cache
-tokens becomes one usage event with disjoint buckets (the agent span, not GenAI usage, is
-ignored); the same span exported twice lands twice on the topic and the processor's engine
-counts it once."""
+`POST /v1/traces` on the real broker: an agent span, a sub-agent's span in it and a GenAI chat
+child of that carrying cache tokens become one usage event with disjoint buckets, the sub-agent's,
+naming the outer agent as its parent (the agent spans, not GenAI usage, are ignored); the same
+export sent twice lands twice on the topic and the processor's engine counts it once."""
 from __future__ import annotations
 
 import asyncio
@@ -37,13 +37,16 @@ async def test_the_real_sdk_exporter_lands_usage_once(kafka_bootstrap: str) -> N
     topics = Topics(prefix=f"t-otel-{uuid.uuid4().hex[:8]}.")
     await ensure_topics(kafka_bootstrap, topics, partitions=1)
     agent = f"planner-{uuid.uuid4().hex[:6]}"
+    sub = f"researcher-{uuid.uuid4().hex[:6]}"
 
     finished = InMemorySpanExporter()  # the SDK's spans, to hand to the real exporter below
     provider = TracerProvider(resource=Resource.create({"service.name": agent}))
     provider.add_span_processor(SimpleSpanProcessor(finished))
     tracer = provider.get_tracer("it")
     with tracer.start_as_current_span("invoke_agent planner", attributes={
-            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}):
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, "gen_ai.conversation.id": "job-1"}), \
+            tracer.start_as_current_span("invoke_agent researcher", attributes={
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": sub}):
         with tracer.start_as_current_span("chat claude-3-5-sonnet", attributes={
                 "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
                 "gen_ai.request.model": "claude-3-5-sonnet-20241022", "gen_ai.conversation.id": "conv-7",
@@ -51,7 +54,7 @@ async def test_the_real_sdk_exporter_lands_usage_once(kafka_bootstrap: str) -> N
                 "gen_ai.usage.cache_creation.input_tokens": 300, "gen_ai.usage.output_tokens": 80}):
             pass
     spans = finished.get_finished_spans()
-    assert len(spans) == 2
+    assert len(spans) == 3
 
     producer = KafkaSender(kafka_bootstrap, topic=topics.usage)
     await producer.start()
@@ -66,7 +69,7 @@ async def test_the_real_sdk_exporter_lands_usage_once(kafka_bootstrap: str) -> N
                                         timeout=10)
             try:  # the exporter is synchronous (requests): off the loop that serves it
                 assert await asyncio.to_thread(exporter.export, spans) == SpanExportResult.SUCCESS
-                assert await asyncio.to_thread(exporter.export, spans[:1]) == SpanExportResult.SUCCESS  # again
+                assert await asyncio.to_thread(exporter.export, spans) == SpanExportResult.SUCCESS  # again
                 wrong = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{client.port}/v1/traces", timeout=5)
                 assert await asyncio.to_thread(wrong.export, spans) == SpanExportResult.FAILURE  # no token
             finally:
@@ -88,16 +91,17 @@ async def test_the_real_sdk_exporter_lands_usage_once(kafka_bootstrap: str) -> N
     finally:
         await consumer.stop()
     events = [e for r in records for e in UsageDecoder().decode(r.value)]
-    assert len(events) == 2 and events[0] == events[1]  # the chat span, sent twice; the agent span ignored
+    assert len(events) == 2 and events[0] == events[1]  # the chat span, sent twice; the agent spans ignored
     event = events[0]
     chat = next(s for s in spans if s.name.startswith("chat"))
     assert event.event_id == f"otel-{chat.context.trace_id:032x}-{chat.context.span_id:016x}"
     assert (event.agent_id, event.task_id, event.model, event.provider) == (
-        agent, "conv-7", "claude-3-5-sonnet-20241022", "anthropic")
+        sub, "conv-7", "claude-3-5-sonnet-20241022", "anthropic")
+    assert (event.parent_agent_id, event.parent_task_id) == (agent, "job-1")
     assert (event.input_tokens, event.cache_read_tokens, event.cache_write_tokens, event.output_tokens) == (
         200, 1000, 300, 80)
 
     engine = Engine(load_rules(None))
     out = engine.process(records)
     assert (out.counted, out.duplicates) == (1, 1)
-    assert engine.status()[agent]["tokens_today"] == 1580
+    assert engine.status()[sub]["tokens_today"] == 1580
