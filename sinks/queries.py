@@ -64,7 +64,8 @@ def run_named(store: Store, name: str, params: dict[str, Any], filters: Mapping[
         params[f"f_{column}"] = value
     if among is not None:
         # a JSON string, not an Array parameter: chDB and the server's client bind those differently
-        clauses.append("AND has(JSONExtract({among:String}, 'Array(String)'), toString({dim}))")
+        # (a set built once: has() over the parsed array ran per row, 20x slower on 200k rows)
+        clauses.append("AND toString({dim}) IN (SELECT arrayJoin(JSONExtract({among:String}, 'Array(String)')))")
         params["among"] = json.dumps(sorted(among))
     sql = sql.replace("{filters}", " ".join(clauses))
     if dim is not None:
@@ -185,7 +186,9 @@ def subagent_tree(store: Store, period: str = "day", now_ms: int | None = None,
     """The window's sub-agent edges and their child nodes' direct costs (`sql/subagent_edges.sql`)."""
     params = {**bounds(query_window(period, now_ms, calendar)), "max_edges": MAX_EDGES}
     rows = run_named(store, "subagent_edges", params)
-    return Tree((((r["parent_agent_id"], r["parent_task_id"]), (r["agent_id"], r["task_id"])) for r in rows),
+    if len(rows) >= MAX_EDGES:  # a cut edge list would understate inclusive costs: refuse instead
+        raise ValueError(f"period: over {MAX_EDGES:,} sub-agent tasks in the window; ask a shorter period")
+    return Tree((((p[0], p[1]), (r["agent_id"], r["task_id"])) for r in rows for p in r["parents"]),
                 {(r["agent_id"], r["task_id"]): Cost(int(r["events"]), int(r["tokens"]), int(r["nano_usd"]))
                  for r in rows})
 

@@ -8,17 +8,17 @@ own nodes that is not its own: its own nodes are already in its direct cost, eac
 counts once however many paths reach it (a diamond), and the walk never enters a node twice,
 so a cycle (an agent that calls back into its caller) ends where it closes.
 
-Why a walk in Python and not a recursive CTE: the edge table is small (one row per sub-agent
-task, not per call), chDB's `WITH RECURSIVE` needs a path array per row to cut cycles and
-gives no visited set across roots, and the walk is exact by construction (README, Performance).
+Why a walk in Python and not ClickHouse's `WITH RECURSIVE`: the recursive CTE enumerates
+paths (a row per path, with the path's array to cut cycles), so diamonds multiply its rows,
+while the walk visits each node once per key. On chains, where every node has one path, the
+two give the same answers in comparable time (`budgetwarden bench subagents`, README Performance).
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 Node = tuple[str, str]  # (agent_id, task_id)
-By = Literal["agent", "task"]
 KEYS: tuple[str, ...] = ("agent", "task")
 
 
@@ -41,16 +41,29 @@ def owner(node: Node, by: str) -> str:
 
 
 class Tree:
-    """The edges of one window, with each child node's direct cost in it."""
+    """The edges of one window, with each child node's direct cost in it. Nodes are numbered
+    once (ints hash and compare cheaper than (agent, task) pairs in the walks)."""
 
     def __init__(self, edges: Iterable[tuple[Node, Node]], costs: Mapping[Node, Cost]) -> None:
-        self.children: dict[Node, list[Node]] = {}
+        self._ids: dict[Node, int] = {}
+        self.nodes: list[Node] = []
+        self.children: list[list[int]] = []
+        self.edges = 0
         for parent, child in edges:
-            self.children.setdefault(parent, []).append(child)
-        self.costs = costs
-        self._roots: dict[str, dict[str, list[Node]]] = {}
+            self.children[self._id(parent)].append(self._id(child))
+            self.edges += 1
+        self.costs = [costs.get(node, Cost()) for node in self.nodes]
+        self._roots: dict[str, dict[str, list[int]]] = {}
 
-    def roots(self, by: str) -> dict[str, list[Node]]:
+    def _id(self, node: Node) -> int:
+        found = self._ids.get(node)
+        if found is None:
+            found = self._ids[node] = len(self.nodes)
+            self.nodes.append(node)
+            self.children.append([])
+        return found
+
+    def roots(self, by: str) -> dict[str, list[int]]:
         """The nodes that have sub-agents, by the key that owns them (the keys whose inclusive
         cost can exceed their direct one)."""
         if by not in KEYS:
@@ -58,24 +71,33 @@ class Tree:
         found = self._roots.get(by)
         if found is None:
             found = self._roots[by] = {}
-            for node in self.children:
-                found.setdefault(owner(node, by), []).append(node)
+            for i, node in enumerate(self.nodes):
+                if self.children[i]:
+                    found.setdefault(owner(node, by), []).append(i)
         return found
 
-    def reachable(self, roots: Iterable[Node]) -> set[Node]:
+    def reachable(self, roots: Iterable[int]) -> set[int]:
         """Every node reachable from `roots` by one edge or more, each once (cycles cut)."""
-        seen: set[Node] = set()
-        stack = [child for root in roots for child in self.children.get(root, ())]
+        children = self.children
+        seen: set[int] = set()
+        stack = [child for root in roots for child in children[root]]
         while stack:
             node = stack.pop()
             if node not in seen:
                 seen.add(node)
-                stack.extend(self.children.get(node, ()))
+                stack.extend(children[node])
         return seen
 
     def inclusive(self, key: str, by: str) -> Inclusive:
         """What `key`'s descendants (not its own nodes) add to its direct cost."""
-        descendants = [node for node in self.reachable(self.roots(by).get(key, ())) if owner(node, by) != key]
-        costs = [self.costs.get(node, Cost()) for node in descendants]
-        total = Cost(sum(c.events for c in costs), sum(c.tokens for c in costs), sum(c.nano_usd for c in costs))
-        return Inclusive(total, frozenset(node[0] for node in descendants))
+        side = 0 if by == "agent" else 1
+        nodes, costs = self.nodes, self.costs
+        events = tokens = nano = 0
+        agents: set[str] = set()
+        for i in self.reachable(self.roots(by).get(key, ())):
+            node = nodes[i]
+            if node[side] != key:
+                cost = costs[i]
+                events, tokens, nano = events + cost.events, tokens + cost.tokens, nano + cost.nano_usd
+                agents.add(node[0])
+        return Inclusive(Cost(events, tokens, nano), frozenset(agents))

@@ -1,6 +1,6 @@
 """`budgetwarden bench ...`: benchmarks that print measured numbers.
 
-Subcommands: `sink`, `contention` and `scale` (chDB), `client`, `processor`, `all` (every benchmark,
+Subcommands: `sink`, `contention`, `scale` and `subagents` (chDB), `client`, `processor`, `all` (every benchmark,
 then the soak, into bench/), `soak`, and the fault runs `rebalance` and `faults`. Each imports its `ops.bench` module when it runs, so
 the bench extra (matplotlib, psutil) is only needed for the command being run.
 """
@@ -96,6 +96,26 @@ def bench_contention(
     print(f"{'ms per call':<16}" + "".join(f"{c:>10}" for c in CONDITIONS))
     for name in ms["alone"]:
         print(f"{name:<16}" + "".join(f"{ms[c][name]:>10}" for c in CONDITIONS))
+
+
+@bench_app.command("subagents")
+def bench_subagents(
+    events: Annotated[int, typer.Option("--events", min=1000, help="Events generated inside chDB (20 a task, chains of ten tasks).")] = 2_000_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Inclusive cost over sub-agent chains in chDB: the edge query, the walk, top --inclusive, and a recursive CTE doing the same."""
+    from ops.bench.subagents import run
+
+    result = run(events, progress)
+    if as_json:
+        emit_json(result)
+        return
+    print(f"{result['events']:,} events, {result['tasks']:,} tasks, {result['edges']:,} sub-agent edges "
+          f"({result['parent_agents']:,} parent agents)")
+    for name in ("top_agent_direct_ms", "edges_ms", "walk_every_agent_ms", "walk_every_task_ms", "top_inclusive_agent_ms",
+                 "top_inclusive_task_ms", "recursive_cte_every_task_ms"):
+        print(f"  {name:<30} {result[name]:>9,.1f} ms")
+    print(f"recursive CTE's answer equals the walk's: {result['cte_equals_walk']}")
 
 
 @bench_app.command("scale")

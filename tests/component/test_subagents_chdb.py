@@ -156,3 +156,10 @@ def test_cli_top_inclusive_json_and_table(tmp_path_factory: pytest.TempPathFacto
     assert "inclusive USD" in table.stdout and "$0.80" in table.stdout  # planner: 321,000 x $2.50 / 1M
     wrong = cli.invoke(app, ["top", "--inclusive", "--by", "model", "--data-dir", str(root)])
     assert wrong.exit_code != 0 and "by: must be one of agent, task" in wrong.output
+
+
+def test_a_window_with_too_many_sub_agent_tasks_is_refused_not_answered_short(
+        store: ChdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(q, "MAX_EDGES", 3)  # the window holds 6 child nodes
+    with pytest.raises(ValueError, match="shorter period"):
+        q.top_inclusive(store, "agent", "day", 10, now_ms=NOW)

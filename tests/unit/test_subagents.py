@@ -18,7 +18,7 @@ def test_three_levels_add_up_and_a_leaf_adds_nothing() -> None:
     assert (b.cost.nano_usd, b.subagents) == (4300, {"C", "D"})
     assert (c.cost, c.subagents) == (Cost(), frozenset())
     assert tree.inclusive("t1", "task").cost.nano_usd == 4320  # the same tree by task id
-    assert set(tree.roots("agent")) == {"A", "B"}
+    assert set(tree.roots("agent")) == {"A", "B"} and tree.edges == 3
 
 
 def test_a_diamond_counts_the_shared_descendant_once() -> None:
