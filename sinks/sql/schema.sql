@@ -72,11 +72,6 @@ ALTER TABLE {db}.usage_events
 -- queries (sinks/subagents.py, sql/subagent_edges.sql) read them from raw rows.
 ALTER TABLE {db}.usage_events ADD COLUMN IF NOT EXISTS parent_agent_id LowCardinality(String) DEFAULT '';
 ALTER TABLE {db}.usage_events ADD COLUMN IF NOT EXISTS parent_task_id String DEFAULT '';
--- Sub-agents (contract v1's optional parent fields; '' = none): who a row's agent and task worked
--- for. Added by ALTER so that older stores get them (their old rows read ''); the inclusive-cost
--- queries (sinks/subagents.py, sql/subagent_edges.sql) read them from raw rows.
-ALTER TABLE {db}.usage_events ADD COLUMN IF NOT EXISTS parent_agent_id LowCardinality(String) DEFAULT '';
-ALTER TABLE {db}.usage_events ADD COLUMN IF NOT EXISTS parent_task_id String DEFAULT '';
 -- Merges go column by column (vertical) whatever their size. The default merges parts that
 -- add up to fewer than 131,072 rows horizontally, every column of every part at once: with
 -- this table's ~40 columns a 6-part merge of 1.3 MB took 162 MB (system.merges), the sink's
