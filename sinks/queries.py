@@ -175,7 +175,7 @@ def top(store: Store, by: str = "agent", period: str = "day", limit: int = 10,
     return [_usage_row(r) for r in run_named(store, "usage_by", params, filters, by)]
 
 
-MAX_EDGES = 1_000_000  # sub-agent edges (one per child agent and task) read for one inclusive answer
+MAX_EDGES = 1_000_000  # sub-agent tasks (child agent and task pairs) read for one inclusive answer
 MAX_SUBAGENT_IDS = 20  # descendant agents named on a row (`subagents` counts them all)
 _USAGE_SUMS = ("events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "cache_write_1h_tokens", "tokens", "nano_usd", "unpriced_events")
