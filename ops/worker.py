@@ -26,6 +26,7 @@ import mode
 import structlog
 from mode import Service
 
+from schemas.litellm_import import load_catalog
 from schemas.topics import Topics
 from streams.admission_service import AdmissionService
 from streams.app import Processor
@@ -98,8 +99,9 @@ class AdmissionHost(Service):
 
     def __init__(self, settings: WorkerSettings, topic_prefix: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        catalog = load_catalog(settings.prices_path) if settings.prices_path else None  # the processor's prices
         self.service = AdmissionService(settings.bootstrap, load_rules(settings.rules_path), Topics(topic_prefix),
-                                        settings.kafka, group_id=f"{settings.app_id}-admission")
+                                        settings.kafka, group_id=f"{settings.app_id}-admission", catalog=catalog)
 
     async def on_start(self) -> None:
         await self.service.start()

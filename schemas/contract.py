@@ -14,6 +14,7 @@ SCHEMA_VERSION = 1
 
 # Bounds: anything beyond these is bad input rather than a very large bill.
 MAX_TOKENS = 100_000_000  # one call; the largest context windows are ~10M tokens
+MAX_NANO_USD = 10**18  # an admission ask or grant: $1e9
 MAX_ID_LEN = 128
 MAX_NAME_LEN = 256
 MAX_TEXT_LEN = 1024
@@ -22,6 +23,7 @@ MAX_BATCH_EVENTS = 5_000
 MIN_TS_MS = 946_684_800_000  # 2000-01-01; older is a unit mistake (seconds, not ms)
 
 Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
+NanoUsd = Annotated[int, Meta(ge=0, le=MAX_NANO_USD)]
 EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN)]
 OptName = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
@@ -200,7 +202,8 @@ class AgentStateRecord(Struct, tag="agent_state", tag_field="type", kw_only=True
 
 class AdmissionRequest(Struct, tag="admission_request", tag_field="type", kw_only=True, omit_defaults=True):
     """A client's ask for allowance on `admission.requests`: `asked` more tokens, after giving
-    back `returned` unused ones (`asked=0`: renew or release only). Key: `agent_id`."""
+    back `returned` unused ones (`asked=0`: renew or release only), and the same in nano-USD
+    (`asked_nano`, `returned_nano`) for USD budgets. Key: `agent_id`."""
 
     holder: Name  # one client instance
     agent_id: Name
@@ -209,14 +212,18 @@ class AdmissionRequest(Struct, tag="admission_request", tag_field="type", kw_onl
     team: OptName = ""
     asked: Tokens = 0
     returned: Tokens = 0
+    asked_nano: NanoUsd = 0  # optional (v1)
+    returned_nano: NanoUsd = 0  # optional (v1)
     v: Version = SCHEMA_VERSION
 
 
 class AdmissionGrant(Struct, tag="admission_grant", tag_field="type", kw_only=True, omit_defaults=True):
     """The answer on `admission.grants` (key `agent_id`): `granted` tokens, the holder's whole
     lease valid `lease_ms` from its request (`request_ts_ms`, on the client's clock). `final`:
-    nothing granted because budget `scope`/`subject` (`period`) has nothing left to grant;
-    `remaining` is that budget's limit minus its spend (-1: no admitted budget applies)."""
+    nothing granted because budget `scope`/`subject` (`period`, `unit`) has nothing left to grant;
+    `remaining` is that budget's limit minus its spend (-1: no admitted budget applies).
+    `granted_nano` is the nano-USD grant and `usd` says a USD budget applies to the holder
+    (optional, v1: without them a grant is tokens only)."""
 
     holder: Name
     agent_id: Name
@@ -229,6 +236,9 @@ class AdmissionGrant(Struct, tag="admission_grant", tag_field="type", kw_only=Tr
     period: OptName = ""
     remaining: Annotated[int, Meta(ge=-1)] = -1
     request_ts_ms: int = 0  # the request's ts_ms, echoed: the client counts the lease from it
+    granted_nano: NanoUsd = 0
+    usd: bool = False
+    unit: Literal["tokens", "nano_usd"] = "tokens"
     v: Version = SCHEMA_VERSION
 
 

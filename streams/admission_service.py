@@ -2,8 +2,11 @@
 
 - Spend: it reads every partition of `usage.events` itself (no consumer group), from the
   start of the longest period an admitted limit has (day, week or month, by the broker's
-  time index), and counts each event against its agent, user, team and the fleet; events
-  stamped with a holder settle that holder's lease. Redelivered events are counted again
+  time index), and counts each event, in tokens and priced in nano-USD, against its agent,
+  user, team and the fleet; events stamped with a holder settle that holder's lease.
+- Prices: the packaged catalog (or `BUDGETWARDEN_PRICES`'s, as the processor) with the
+  versions published on `budget.prices` folded in, followed (`streams.prices.follow_prices`),
+  so a call is charged here what the processor charges it. Redelivered events are counted again
   (at-least-once): that only makes it grant less.
 - Limits: the rules file with the live policies of `budget.policies` folded in, followed.
 - Requests: `admission.requests` has one partition, read in a consumer group, so one service
@@ -19,7 +22,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
@@ -28,11 +30,13 @@ from schemas.clock import Clock, system_ms
 from schemas.codec import UsageDecoder, decode_admission_request, decode_policy, encode
 from schemas.contract import Policy
 from schemas.errors import BadInput
+from schemas.pricing import PriceCatalog
 from schemas.topics import Topics
 from streams.admission import PERIOD_LIMITS, Ledger
 from streams.engine import dead_letter
 from streams.kafka import KafkaSecurity, read_compacted
 from streams.policies import fold
+from streams.prices import PriceBook, follow_prices
 from streams.rules_config import RulesConfig
 
 log = structlog.get_logger(__name__)
@@ -44,7 +48,8 @@ def replay_start(config: RulesConfig, now_ms: int) -> int:
     """Where spend must be read from: the start of the longest period any admitted limit has."""
     b = config.budgets
     entries = [b.global_, b.default_agent, *b.agents.values(), *b.users.values(), *b.teams.values()]
-    periods = [p for p, name in PERIOD_LIMITS.items() if any(getattr(e, name) is not None for e in entries)]
+    periods = [p for names in PERIOD_LIMITS.values() for p, name in names.items()
+               if any(getattr(e, name) is not None for e in entries)]
     longest = "month" if "month" in periods else "week" if "week" in periods else "day"
     return Calendar(config.tz()).bounds(longest, now_ms)[0]
 
@@ -52,14 +57,15 @@ def replay_start(config: RulesConfig, now_ms: int) -> int:
 class AdmissionService:
     def __init__(self, bootstrap: str, config: RulesConfig, topics: Topics = Topics(),
                  security: KafkaSecurity = KafkaSecurity(), group_id: str = GROUP_ID, now_ms: Clock = system_ms,
-                 **ledger_options: Any) -> None:
+                 catalog: PriceCatalog | None = None, **ledger_options: Any) -> None:
         self.bootstrap = bootstrap
         self.base = config
         self.topics = topics
         self.security = security
         self.group_id = group_id
         self.now_ms = now_ms
-        self.ledger = Ledger(config, now_ms, **ledger_options)
+        self.prices = PriceBook(catalog or PriceCatalog.default())
+        self.ledger = Ledger(config, now_ms, catalog=self.prices.catalog, **ledger_options)
         self.caught_up = asyncio.Event()
         self.stats = {"usage": 0, "requests": 0, "bad": 0}
         self._policies: dict[str, Policy] = {}
@@ -79,6 +85,7 @@ class AdmissionService:
             self._clients.append(client)
         self._tasks = [asyncio.create_task(self._follow_usage(), name="admission-usage"),
                        asyncio.create_task(self._follow_policies(), name="admission-policies"),
+                       asyncio.create_task(self._follow_prices(), name="admission-prices"),
                        asyncio.create_task(self._answer(), name="admission-requests")]
 
     async def stop(self) -> None:
@@ -127,7 +134,7 @@ class AdmissionService:
                 events, _, bad = decoder.decode_each([r.value for r in records])
                 self.stats["bad"] += len(bad)
                 for e in events:
-                    self.ledger.usage(e.agent_id, e.user_id, e.team, e.ts_ms, e.total_tokens, e.holder)
+                    self.ledger.count(e)
                 self.stats["usage"] += len(events)
                 if tp in pending and records[-1].offset + 1 >= end[tp]:
                     pending.discard(tp)
@@ -150,6 +157,17 @@ class AdmissionService:
                 await read_compacted(self.bootstrap, self.topics.policies, keep, security=self.security, follow=True)
             except Exception as err:  # noqa: BLE001 - read the topic again: it is compacted, the fold is the same
                 log.error("admission.policies_error", error=repr(err))
+                await asyncio.sleep(1.0)
+
+    async def _follow_prices(self) -> None:
+        def use(catalog: PriceCatalog) -> None:
+            self.ledger.catalog = catalog
+
+        while True:
+            try:
+                await follow_prices(self.prices, self.bootstrap, self.topics.prices, use, security=self.security)
+            except Exception as err:  # noqa: BLE001 - read the topic again: it is compacted, the merge is the same
+                log.error("admission.prices_error", error=repr(err))
                 await asyncio.sleep(1.0)
 
     # grants -----------------------------------------------------------------------------------
@@ -180,8 +198,7 @@ class AdmissionService:
             log.warning("admission.request_refused", field=err.field, reason=err.reason)
             return err
         self.stats["requests"] += 1
-        grant = self.ledger.request(req.holder, req.agent_id, req.user_id, req.team, req.asked, req.returned)
-        grant = msgspec.structs.replace(grant, request_ts_ms=req.ts_ms)
+        grant = self.ledger.answer(req)
         await self._producer.send(self.topics.admission_grants, encode(grant), key=req.agent_id.encode())
         return None
 

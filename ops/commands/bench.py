@@ -193,17 +193,19 @@ def bench_admission(
     feedback_ms: Annotated[int, typer.Option("--feedback-ms", min=0, help="Usage -> processor/ledger delay.")] = 200,
     network_ms: Annotated[int, typer.Option("--network-ms", min=0, help="One way: admission request, grant, pause.")] = 5,
     overrun_pct: Annotated[float, typer.Option("--overrun-pct", min=0, max=100, help="Calls that use more than their estimate (up to 1.5x).")] = 1.0,
+    usd_limit: Annotated[float, typer.Option("--usd-limit", min=0.01, help="The shared daily USD budget of the second run, $.")] = 20.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Overshoot of one shared daily budget with admission off (react after usage) vs on, false
-    refusals, before_call p50/p99 µs. In one process: real clients, the real ledger, a simulated
-    network (delays as given); no broker."""
+    refusals, before_call p50/p99 µs; first a token budget, then a USD one (calls priced for
+    their model). In one process: real clients, the real ledger, a simulated network (delays as
+    given); no broker."""
     from ops.bench.admission import run
     from ops.logsetup import configure
 
     configure(level="WARNING")  # not 100 clients' start lines
     result = run(agents, limit, feedback_ms=feedback_ms, network_ms=network_ms, overrun_pct=overrun_pct,
-                 progress=progress)
+                 usd_limit=round(usd_limit * 1e9), progress=progress)
     if as_json:
         emit_json(result)
         return
@@ -214,6 +216,12 @@ def bench_admission(
     print(f"false refusals:           {result['false_refusal_pct']} % of calls  (target <= 1 %; "
           f"{result['false_refusals_on']} of {result['refused_on']} refusals, {result['calls_on']:,} calls)")
     print(f"before_call check:        p50 {result['check_p50_us']} µs   p99 {result['check_p99_us']} µs  (target p99 <= 20 µs)")
+    usd = f"${result['limit_nano_usd'] / 1e9:,.2f}"
+    print(f"USD budget ({usd}), overshoot off: {result['overshoot_usd_pct_off']} %   on: {result['overshoot_usd_pct_on']} %  "
+          f"(target <= 1 %; unused {result['underuse_usd_pct_on']} %, ${result['spent_usd_on'] / 1e9:,.4f} spent)")
+    print(f"USD false refusals:       {result['false_refusal_usd_pct']} % of calls  ({result['false_refusals_usd_on']} of "
+          f"{result['refused_usd_on']} refusals, {result['calls_usd_on']:,} calls)")
+    print(f"USD before_call check:    p50 {result['check_usd_p50_us']} µs   p99 {result['check_usd_p99_us']} µs")
 
 
 @bench_app.command("processor")

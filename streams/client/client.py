@@ -18,7 +18,11 @@ applies the throttle delay before any single model call. `record*` never waits.
 
 Admission (`admission=True`, opt-in): `before_call()` also reserves the call's estimate from
 the client's allowance (`allowance.Wallet`, granted by the worker's granting service,
-`streams.admission`) and the call's recorded usage settles it. Asks for more go out in the
+`streams.admission`) and the call's recorded usage settles it. Where a USD budget applies,
+it reserves the estimate priced for `before_call(model=...)` too (`Wallet.price`: the model
+a downgrade in force makes the agent call, `model_for`; no model: the last one recorded;
+unknown: the catalog's dearest prices), and settles on the recorded call priced as the
+processor prices it. Asks for more go out in the
 background when the allowance runs low; the call path never waits on the network, except by
 this rule: when the allowance cannot cover the estimate and the service has not said the
 budget is exhausted, the call waits for the pending answer up to `admission_wait_s`; if none
@@ -48,8 +52,8 @@ import structlog
 
 from schemas.clock import Clock, system_ms
 from schemas.codec import decode_admission_grant, decode_agent_state, encode
-from schemas.contract import (FLEET_KEY, MAX_NAME_LEN, MAX_TOKENS, AdmissionGrant, AdmissionRequest, ControlCommand,
-                              TaskEnd, UsageEvent, team_key)
+from schemas.contract import (FLEET_KEY, MAX_NAME_LEN, MAX_NANO_USD, MAX_TOKENS, AdmissionGrant, AdmissionRequest,
+                              ControlCommand, TaskEnd, UsageEvent, team_key)
 from schemas.errors import BadInput, InputError
 from schemas.topics import Topics
 from schemas.normalize import CanonicalUsage, normalize
@@ -111,7 +115,7 @@ class TaskScope:
         self.estimated_tokens = estimated_tokens  # the whole task's estimate
         self.task_type = task_type or ""  # stamped on its events and its task_end
         self.call_estimate: int | None = None  # the next call's, from `before_call(estimated_tokens=...)`
-        self.reserved: deque[int] = deque()  # admission: what `before_call` reserved, settled by the next records
+        self.reserved: deque[tuple[int, int]] = deque()  # admission: (tokens, nano-USD) reserved, settled by records
         self.killed: ControlCommand | None = None
         self._steps = itertools.count()
         self._asyncio_task: asyncio.Task[Any] | None = None
@@ -257,9 +261,10 @@ class BudgetClient:
         self._gate = ControlGate(agent_id, self._control_key, now_ms, control_grace_ms,
                                  max_age_ms=control_max_age_ms, max_skew_ms=control_max_skew_ms,
                                  default_ttl_ms=control_default_ttl_ms)
-        self.wallet = Wallet(now_ms, default_estimate=admission_default_estimate) if admission else None
+        self.wallet = (Wallet(now_ms, default_estimate=admission_default_estimate, catalog=catalog)
+                       if admission else None)
         self.admission_wait_s = admission_wait_s
-        self.reserved: deque[int] = deque()  # admission: outside tasks, as `TaskScope.reserved`
+        self.reserved: deque[tuple[int, int]] = deque()  # admission: outside tasks, as `TaskScope.reserved`
         self.admission_stats = {"admitted": 0, "refused": 0, "unadmitted": 0, "asks": 0, "grants": 0}
         self._answered = asyncio.Event()
         self._no_wait = False  # the service is silent, or answered "nothing now" (quiet): proceed at once
@@ -352,8 +357,8 @@ class BudgetClient:
     async def close(self) -> None:
         if self._requests is not None and self.wallet is not None:
             returned = self.wallet.release()
-            if returned:  # give the rest back now rather than when the lease lapses
-                await self._send(self._request(0, returned), 2.0)
+            if any(returned):  # give the rest back now rather than when the lease lapses
+                await self._send(self._request((0, 0), returned), 2.0)
             await self._requests.stop()
         if self._subscriber is not None:
             await self._subscriber.stop()
@@ -433,11 +438,13 @@ class BudgetClient:
         if delay:
             await asyncio.sleep(delay / 1000)
 
-    async def before_call(self, estimated_tokens: int | None = None) -> None:
+    async def before_call(self, estimated_tokens: int | None = None, model: str | None = None) -> None:
         """Call before each model call, in a task or not. Raises TaskKilled in a killed task;
         while the agent is paused waits for the resume (or raises AgentPaused with
         pause_mode="raise"); sleeps for the throttle delay in force; and remembers
-        `estimated_tokens` as the next recorded call's own estimate. Local: no network hop."""
+        `estimated_tokens` as the next recorded call's own estimate. With admission it reserves
+        the estimate, and under a USD budget its price for `model` (module docstring), or
+        raises BudgetExceeded. Local: no network hop."""
         scope = self.current_task()
         if scope is not None:
             scope.check()
@@ -448,21 +455,24 @@ class BudgetClient:
             owner.call_estimate = estimated_tokens
         if self.wallet is not None:
             estimate = estimated_tokens if estimated_tokens is not None else self.wallet.estimate()
-            if not self._reserved(owner, estimate):
-                await self.admit_call(owner, estimate)
+            if not self._reserved(owner, estimate, model):
+                await self.admit_call(owner, estimate, model)
 
     # admission ------------------------------------------------------------------------------
-    async def admit_call(self, owner: TaskScope | BudgetClient, estimated_tokens: int | None = None) -> None:
+    async def admit_call(self, owner: TaskScope | BudgetClient, estimated_tokens: int | None = None,
+                         model: str | None = None) -> None:
         """Reserve one call's estimate (the module docstring's rule); `owner`'s next record settles it."""
         wallet = self.wallet
         assert wallet is not None
         estimate = estimated_tokens if estimated_tokens is not None else wallet.estimate()
         deadline: float | None = None
-        while not self._reserved(owner, estimate):
+        while not self._reserved(owner, estimate, model):
             refusal = wallet.refusal
             if refusal is not None:
                 self.admission_stats["refused"] += 1
-                raise BudgetExceeded(refusal.scope, refusal.subject, refusal.remaining, estimate, refusal.period)
+                needed = self._nano(estimate, model) if refusal.unit == "nano_usd" else estimate
+                raise BudgetExceeded(refusal.scope, refusal.subject, refusal.remaining, needed, refusal.period,
+                                     refusal.unit)
             loop = asyncio.get_running_loop()
             if deadline is None:
                 deadline = loop.time() + (0.0 if self._no_wait else self.admission_wait_s)
@@ -479,24 +489,37 @@ class BudgetClient:
             except asyncio.TimeoutError:
                 pass
 
-    def _reserved(self, owner: TaskScope | BudgetClient, estimate: int) -> bool:
-        """Reserve `estimate` from the allowance held, asking ahead when due; False: not covered."""
+    def _nano(self, estimate: int, model: str | None) -> int:
+        """The nano-USD a call reserves: 0 while no USD budget applies, else its price."""
+        wallet = self.wallet
+        assert wallet is not None
+        if not wallet.usd:
+            return 0
+        return wallet.price(self.state.model_for(model) if model else None, estimate)
+
+    def _reserved(self, owner: TaskScope | BudgetClient, estimate: int, model: str | None = None) -> bool:
+        """Reserve `estimate` (and its price) from the allowance held, then ask ahead when due;
+        False: not covered."""
         assert self.wallet is not None
+        nano = self._nano(estimate, model)
+        ok = self.wallet.reserve(estimate, nano)
         self._ask_if_due()
-        if not self.wallet.reserve(estimate):
+        if not ok:
             return False
         if len(owner.reserved) >= _RESERVED_MEMORY:  # calls never recorded: their reservations stay spent
             owner.reserved.popleft()
-        owner.reserved.append(estimate)
+        owner.reserved.append((estimate, nano))
         self.admission_stats["admitted"] += 1
         return True
 
-    def _request(self, asked: int, returned: int = 0) -> AdmissionRequest:
+    def _request(self, asked: tuple[int, int], returned: tuple[int, int] = (0, 0)) -> AdmissionRequest:
+        """A request for `asked` and giving back `returned`, each (tokens, nano-USD)."""
         assert self.wallet is not None
         request = AdmissionRequest(holder=self.holder, agent_id=self.agent_id, ts_ms=self.wallet.asking(),
-                                   user_id=self.user_id, team=self.team, asked=min(asked, MAX_TOKENS),
-                                   returned=min(returned, MAX_TOKENS))
-        self._last_ask = (request.ts_ms, asked > 0)
+                                   user_id=self.user_id, team=self.team, asked=min(asked[0], MAX_TOKENS),
+                                   returned=min(returned[0], MAX_TOKENS), asked_nano=min(asked[1], MAX_NANO_USD),
+                                   returned_nano=min(returned[1], MAX_NANO_USD))
+        self._last_ask = (request.ts_ms, any(asked))
         return request
 
     def _ask_if_due(self) -> None:
@@ -533,15 +556,15 @@ class BudgetClient:
             return
         self.wallet.granted(grant, grant.request_ts_ms)
         self.admission_stats["grants"] += 1
-        if grant.granted or grant.final:
+        if grant.granted or grant.granted_nano or grant.final:
             self._no_wait = False
         elif self._last_ask == (grant.request_ts_ms, True):  # it asked for tokens and got none: a quiet service
             self._no_wait = True
         self._answered.set()
 
-    def _settle(self, owner: TaskScope | BudgetClient, used: int) -> None:
+    def _settle(self, owner: TaskScope | BudgetClient, event: UsageEvent) -> None:
         if self.wallet is not None:
-            self.wallet.settle(owner.reserved.popleft() if owner.reserved else 0, used)
+            self.wallet.settle(owner.reserved.popleft() if owner.reserved else (0, 0), event)
 
     # control loss ---------------------------------------------------------------------------
     def _blind(self) -> bool:
@@ -566,6 +589,8 @@ class BudgetClient:
         if self.wallet is not None:
             refusal = self.wallet.refusal
             out["admission"] = {**self.admission_stats, "balance": self.wallet.balance,
+                                "balance_nano_usd": self.wallet.balance_nano if self.wallet.usd else None,
+                                "priced_as_dearest": sorted(self.wallet.priced_as_dearest),
                                 "refused_by": f"{refusal.scope}:{refusal.subject}:{refusal.period}" if refusal else None,
                                 "proceeding_unadmitted": self._no_wait}
         return out
@@ -656,17 +681,15 @@ class BudgetClient:
         if prompt_chars:
             self.estimator.observe(prompt_chars, usage.input_tokens + usage.cache_read_tokens
                                    + usage.cache_write_tokens + usage.cache_write_1h_tokens)
-        holder = scope if scope is not None else self
+        owner = scope if scope is not None else self
         if estimated_tokens is None:
-            estimated_tokens, holder.call_estimate = holder.call_estimate, None
-        self._settle(holder, usage.input_tokens + usage.output_tokens + usage.cache_read_tokens
-                     + usage.cache_write_tokens + usage.cache_write_1h_tokens)
+            estimated_tokens, owner.call_estimate = owner.call_estimate, None
         task_id, task_estimate, task_type = "", None, ""
         if scope is not None:
             task_id, task_estimate, task_type = scope.task_id, scope.estimated_tokens, scope.task_type
             if step is None:
                 step = scope.next_step()
-        return UsageEvent(
+        event = UsageEvent(
             event_id=event_id or self.new_event_id(),
             ts_ms=ts_ms or self._now_ms(),
             agent_id=self.agent_id,
@@ -698,6 +721,8 @@ class BudgetClient:
             parent_agent_id=self.parent.agent_id,
             parent_task_id=self.parent.task_id,
         )
+        self._settle(owner, event)
+        return event
 
     def record_nowait(self, provider: str, usage: Any, model: str, scope: TaskScope | None = None,
                       **fields: Any) -> UsageEvent:
@@ -728,7 +753,7 @@ class BudgetClient:
             changes["parent_agent_id"], changes["parent_task_id"] = self.parent
         if self.holder and not event.holder:
             changes["holder"] = self.holder
-            self._settle(scope if scope is not None else self, event.total_tokens)
+            self._settle(scope if scope is not None else self, event)
         return msgspec.structs.replace(event, **changes) if changes else event
 
     async def record(self, event: UsageEvent) -> UsageEvent:

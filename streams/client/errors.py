@@ -27,15 +27,23 @@ class AgentPaused(BudgetwardenError):
 class BudgetExceeded(BudgetwardenError):
     """Admission refused a call: the client's allowance cannot cover its estimate and the
     granting service said the budget `scope`/`subject` (e.g. `team`/`search`, period `day`)
-    has nothing more to grant. `remaining` is that budget's unspent tokens as the service last
-    saw them (allowances held by other clients included)."""
+    has nothing more to grant. `unit` is the budget's: "tokens", or "nano_usd" for a USD
+    budget, in which `remaining` and `estimate` (the call's priced estimate) are nano-dollars.
+    `remaining` is the budget's unspent amount as the service last saw it (allowances held
+    by other clients included)."""
 
-    def __init__(self, scope: str, subject: str, remaining: int, estimate: int, period: str = "day") -> None:
+    def __init__(self, scope: str, subject: str, remaining: int, estimate: int, period: str = "day",
+                 unit: str = "tokens") -> None:
         name = f"{scope} {subject!r}" if subject else scope
-        super().__init__(f"{period} token budget of {name} has nothing left to grant ({remaining} tokens unspent "
-                         f"as last counted, all held in allowances); this call needs {estimate}")
+        if unit == "nano_usd":
+            what, left, need = "USD", f"${remaining / 1e9:.6f}", f"${estimate / 1e9:.6f}"
+        else:
+            what, left, need = "token", f"{remaining} tokens", f"{estimate}"
+        super().__init__(f"{period} {what} budget of {name} has nothing left to grant ({left} unspent "
+                         f"as last counted, all held in allowances); this call needs {need}")
         self.scope = scope
         self.subject = subject
         self.period = period
+        self.unit = unit
         self.remaining = remaining
         self.estimate = estimate

@@ -111,11 +111,11 @@ class SyncBudgetClient:
         if scope is not None:
             scope.check()
 
-    def before_call(self, estimated_tokens: int | None = None) -> None:
+    def before_call(self, estimated_tokens: int | None = None, model: str | None = None) -> None:
         """As the async client's: TaskKilled in a killed task, waits while paused (AgentPaused
         with pause_mode="raise"), the throttle's delay, with admission reserves the call's
-        estimate (BudgetExceeded), then remembers the call's estimate. One hop to the client's
-        loop thread."""
+        estimate and, under a USD budget, its price for `model` (BudgetExceeded), then
+        remembers the call's estimate. One hop to the client's loop thread."""
         scope = self._scope()
         if scope is not None:
             scope.check()
@@ -124,7 +124,7 @@ class SyncBudgetClient:
         async def check() -> None:
             await client._obey()
             if client.wallet is not None:
-                await client.admit_call(scope or client, estimated_tokens)
+                await client.admit_call(scope or client, estimated_tokens, model)
 
         self._call(check())
         if estimated_tokens is not None:

@@ -1,5 +1,5 @@
-"""Admission on the real broker: clients sharing one team's daily budget through the granting
-service stop within the bound, and a refused call raises BudgetExceeded naming the team."""
+"""Admission on the real broker: clients sharing one team's daily budget (tokens, or USD) through
+the granting service stop within the bound, and a refused call raises BudgetExceeded naming the team."""
 from __future__ import annotations
 
 import asyncio
@@ -126,3 +126,47 @@ async def test_a_hostile_request_becomes_a_dead_letter_and_the_service_keeps_ans
                             kafka=KafkaSecurity(), spill_dir=tmp_path / "s", control_key=None) as bw:
         await bw.before_call(estimated_tokens=100)
         assert bw.admission_stats["admitted"] == 1 and bw.admission_stats["unadmitted"] == 0
+
+
+async def test_a_usd_budget_is_admitted_at_the_price_of_the_model_called(
+    service: tuple[str, Topics, AdmissionService], tmp_path: Path
+) -> None:
+    """A weekly USD limit published live on a team: two clients calling gpt-4o ($2.50 / $10 per
+    1M) stop within it, refused in USD; the service priced every call as the processor does."""
+    bootstrap, topics, svc = service
+    limit = 250_000_000  # $0.25: ~55 calls of $0.0045
+    await publish_change(bootstrap, build_policy(team="ads", weekly_usd="0.25"), svc.base, topics)
+    for _ in range(100):
+        if svc.ledger.remaining(("team", "ads"), "week", unit=1) == limit:
+            break
+        await asyncio.sleep(0.05)
+    used: list[int] = []
+    clients = [BudgetClient(bootstrap, agent, team="ads", admission=True, topics=topics, kafka=KafkaSecurity(),
+                            spill_dir=tmp_path / agent, control_key=None) for agent in ("crawler", "ranker")]
+    for bw in clients:
+        await bw.start()
+
+    async def hammer(bw: BudgetClient) -> BudgetExceeded:
+        while True:
+            try:
+                await bw.before_call(estimated_tokens=ESTIMATE, model="gpt-4o")
+            except BudgetExceeded as refused:
+                return refused
+            await bw.record_openai({"prompt_tokens": 600, "completion_tokens": 300}, model="gpt-4o")
+            used.append(4_500_000)  # 600 x $2.50 + 300 x $10 per 1M
+
+    try:
+        refusals = await asyncio.wait_for(asyncio.gather(*(hammer(bw) for bw in clients)), 60)
+    finally:
+        for bw in clients:
+            await bw.close()
+    assert [(r.scope, r.subject, r.period, r.unit) for r in refusals] == [("team", "ads", "week", "nano_usd")] * 2
+    # the bound: each client's first call reserved at the default 25% output share (4,375,000)
+    # and used 4,500,000, a price error of 125,000; later ones reserve at the learned third
+    assert limit - len(clients) * 5_005_000 - 4_500_000 < sum(used) <= limit + len(clients) * 125_000
+    assert all(bw.admission_stats["unadmitted"] == 0 for bw in clients)
+    for _ in range(100):  # the service saw and priced every call
+        if svc.ledger.remaining(("team", "ads"), "week", unit=1) == limit - sum(used):
+            break
+        await asyncio.sleep(0.05)
+    assert svc.ledger.remaining(("team", "ads"), "week", unit=1) == limit - sum(used)
