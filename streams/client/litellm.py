@@ -173,7 +173,7 @@ class BudgetwardenLogger(CustomLogger):
         except (BudgetwardenError, ValueError, TypeError) as err:
             log.warning("litellm.usage_unreadable", agent_id=self._agent_id, error=f"{type(err).__name__}: {err}"[:300])
             return
-        client.submit(event)
+        client.submit(client.complete_event(event))  # with admission: stamps the holder, settles a reservation
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                                       end_time: Any) -> None:
@@ -194,16 +194,17 @@ class BudgetwardenLogger(CustomLogger):
         self.log_success_event(kwargs, response_obj, start_time, end_time)
 
     # the guard ----------------------------------------------------------------------------
-    async def guard(self, metadata: Mapping[str, Any]) -> None:
+    async def guard(self, metadata: Mapping[str, Any], model: str | None = None) -> None:
         """Raise `BudgetExceededError` when budgetwarden forbids the call (its `task_id` killed,
-        the agent paused, ...); sleeps a throttle's delay. Local state only: no network hop."""
+        the agent paused, admission refused, ...); sleeps a throttle's delay. Local state only:
+        no network hop. `model` is what admission prices under a USD budget."""
         client = await self.client()
         task_id = _text(metadata.get(TASK_KEY))
         killed = client.killed(task_id) if task_id else None
         try:
             if killed is not None:
                 raise BudgetwardenError(f"task {task_id!r} killed: {killed.reason}")
-            await client.before_call()
+            await client.before_call(model=model)
         except BudgetwardenError as err:
             log.info("litellm.refused", agent_id=self._agent_id, task_id=task_id, reason=str(err))
             raise Refused(current_cost=0.0, max_budget=0.0, message=f"budgetwarden: {err}",
@@ -214,7 +215,7 @@ class BudgetwardenLogger(CustomLogger):
         """Proxy: every request, before routing."""
         metadata = data.get("metadata")
         metadata = metadata if isinstance(metadata, dict) else data.setdefault("metadata", {})
-        await self.guard(metadata)
+        await self.guard(metadata, _text(data.get("model")) or None)
         metadata[_CHECKED] = True
         return data
 
@@ -222,5 +223,5 @@ class BudgetwardenLogger(CustomLogger):
         """SDK `acompletion` (and the proxy, where the request was already gated)."""
         metadata = request_metadata(kwargs)
         if not metadata.get(_CHECKED):
-            await self.guard(metadata)
+            await self.guard(metadata, _text(kwargs.get("model")) or None)
         return None

@@ -3,6 +3,7 @@ usage event with normalized buckets and attribution, never a secret; the proxy's
 refuses a paused agent with LiteLLM's error type; a payload it cannot read is skipped."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -16,8 +17,8 @@ pytest.importorskip("litellm")
 from litellm.exceptions import BudgetExceededError  # noqa: E402
 
 from schemas.clock import system_ms  # noqa: E402
-from schemas.codec import UsageDecoder, encode  # noqa: E402
-from schemas.contract import ControlCommand  # noqa: E402
+from schemas.codec import UsageDecoder, decode_admission_request, encode  # noqa: E402
+from schemas.contract import AdmissionGrant, ControlCommand  # noqa: E402
 from schemas.errors import NormalizeError  # noqa: E402
 from schemas.normalize import from_litellm  # noqa: E402
 from streams.client import BudgetClient  # noqa: E402
@@ -99,3 +100,26 @@ async def test_the_proxy_hook_refuses_a_paused_agent_and_an_unreadable_payload_i
     finally:
         await bw.close()
     assert [e.event_id for e in sender.events()] == ["litellm-call-1"]
+
+
+async def test_with_admission_the_hook_reserves_the_requested_models_price_and_the_logged_call_settles_it(
+        tmp_path: Path) -> None:
+    asks, sender = FakeSender(), FakeSender()
+    bw = await BudgetClient("unused:9092", "gateway", follow_control=False, spill_dir=tmp_path, sender=sender,
+                            pause_mode="raise", admission=True, admission_sender=asks).start()
+    logger = BudgetwardenLogger(bw)
+    try:
+        await asyncio.sleep(0.01)  # the first ask goes out in the background
+        first = decode_admission_request(asks.messages[0][1])
+        bw.on_grant(AdmissionGrant(holder=bw.holder, agent_id="gateway", ts_ms=system_ms(), granted=100_000,
+                                   granted_nano=10**9, usd=True, lease_ms=30_000, request_ts_ms=first.ts_ms))
+        await logger.async_pre_call_hook(None, None, {"model": "gpt-4o"}, "completion")
+        assert list(bw.reserved) == [(1_000, 750 * 2_500 + 250 * 10_000)]  # gpt-4o's $2.50 / $10 per 1M
+        await logger.async_log_success_event({"standard_logging_object": payload(model="gpt-4o",
+                                                                                 custom_llm_provider="openai")},
+                                             None, None, None)
+        assert not bw.reserved and bw.admission_stats["admitted"] == 1
+        assert await bw.flush(5)
+    finally:
+        await bw.close()
+    assert [e.holder for e in sender.events()] == [bw.holder]
