@@ -1,12 +1,16 @@
 """The granting ledger and the client's wallet (pure, fake clock), and the overshoot bound as a property."""
 from __future__ import annotations
 
+import json
 from collections import deque
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from schemas.clock import FakeClock
+from schemas.codec import decode_admission_request
 from schemas.contract import AdmissionGrant, Limits, UsageEvent
+from schemas.errors import BadInput
 from schemas.pricing import PriceCatalog, PriceEntry
 from streams.admission import Ledger
 from streams.admission_service import replay_start
@@ -331,3 +335,25 @@ def test_the_service_reads_spend_from_the_start_of_the_longest_limited_period() 
     assert replay_start(weekly, now) == 1_795_996_800_000  # Monday 2026-11-30
     monthly = RulesConfig(budgets=Budgets(default_agent=Limits(daily_tokens=1, monthly_tokens=1)))
     assert replay_start(monthly, now) == 1_796_083_200_000  # 2026-12-01
+
+
+def test_a_hostile_usd_amount_is_refused_naming_its_field() -> None:
+    for field, value in (("asked_nano", -1), ("returned_nano", 10**18 + 1), ("asked_nano", "1")):
+        raw = json.dumps({"type": "admission_request", "holder": "h", "agent_id": "a", "ts_ms": T0, field: value})
+        with pytest.raises(BadInput) as refused:
+            decode_admission_request(raw.encode())
+        assert refused.value.field == field
+
+
+def test_the_usd_balance_lapses_with_the_lease_counted_from_the_ask() -> None:
+    clock = FakeClock(T0)
+    w = Wallet(clock, catalog=CATALOG)
+    asked = w.asking()
+    clock.now += 2_000
+    w.granted(AdmissionGrant(holder="h", agent_id="a", ts_ms=T0, granted=10_000, granted_nano=10_000_000, usd=True,
+                             lease_ms=30_000), asked)
+    clock.now = asked + 29_999
+    assert w.reserve(100, 1_000_000) and w.balance_nano == 9_000_000
+    clock.now = asked + 30_000
+    assert not w.reserve(100, 1) and (w.balance, w.balance_nano) == (0, 0)
+    assert w.release() == (0, 0)
