@@ -23,7 +23,7 @@ from schemas.money import format_usd
 from schemas.pricing import PriceCatalog
 from sinks.sqlfiles import sql_text
 from sinks.store import Store
-from sinks.subagents import KEYS as INCLUSIVE_KEYS, Cost, Tree
+from sinks.subagents import KEYS as INCLUSIVE_KEYS, Cost, Inclusive, Tree
 from streams.rules import PERIODS, period_limits
 from streams.rules_config import RulesConfig
 
@@ -199,21 +199,31 @@ def top_inclusive(store: Store, by: str = "agent", period: str = "day", limit: i
     """`top` by agent or task with each key's inclusive cost next to its direct one (itself plus
     every sub-agent below it, each once, cycles cut: `sinks.subagents`), most expensive inclusive
     first. A key can rank by its sub-agents alone (an orchestrator that makes no call itself has
-    direct cost 0), so the candidates are the top `limit` by direct cost plus every key with
-    sub-agents in the window; any other key's inclusive cost is its direct cost. `filters`
-    select the keys; their descendants count whatever their user, team or model."""
+    direct cost 0), so the candidates are the top `limit` by direct cost plus the keys with
+    sub-agents in the window that can still rank: a key outside the direct top has a direct
+    cost of at most the last one's, so one whose descendants plus that stay under the
+    `limit`-th inclusive cost already known is not looked up. Any other key's inclusive cost is
+    its direct cost. `filters` select the keys; their descendants count whatever their user,
+    team or model."""
     if by not in INCLUSIVE_KEYS:
         raise ValueError(f"by: inclusive cost is by {' or '.join(INCLUSIVE_KEYS)}, got {by!r}")
     tree = subagent_tree(store, period, now_ms, calendar)
-    rows = {r["key"]: r for r in top(store, by, period, limit, filters, now_ms, calendar)}
-    parents = set(tree.roots(by)) - rows.keys()
+    extras = {key: tree.inclusive(key, by) for key in tree.roots(by)}
+    direct = top(store, by, period, limit, filters, now_ms, calendar)
+    rows = {r["key"]: r for r in direct}
+    known = sorted([r["nano_usd"] + (extras[r["key"]].cost.nano_usd if r["key"] in extras else 0) for r in direct]
+                   + [extra.cost.nano_usd for key, extra in extras.items() if key not in rows], reverse=True)
+    floor = known[limit - 1] if len(known) >= limit else 0  # no lower than the limit-th inclusive cost
+    last = direct[-1]["nano_usd"] if len(direct) >= limit else 0  # the most a key outside the direct top spent
+    parents = {key for key, extra in extras.items() if key not in rows and extra.cost.nano_usd + last >= floor}
     if parents:
         params = {**bounds(query_window(period, now_ms, calendar)), "limit": len(parents)}
         rows.update((r["key"], _usage_row(r)) for r in run_named(store, "usage_by", params, filters, by, among=parents))
         if not filters:  # a parent with no call of its own in the window
             rows.update((key, with_usd({"key": key, **dict.fromkeys(_USAGE_SUMS, 0)})) for key in parents - rows.keys())
+    nothing = Inclusive(Cost(), frozenset())
     for key, row in rows.items():
-        extra = tree.inclusive(key, by)
+        extra = extras.get(key, nothing)
         row["inclusive_events"] = row["events"] + extra.cost.events
         row["inclusive_tokens"] = row["tokens"] + extra.cost.tokens
         row["inclusive_nano_usd"] = row["nano_usd"] + extra.cost.nano_usd

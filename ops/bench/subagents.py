@@ -7,7 +7,8 @@ per group, depth 9), and every hundredth group closes a cycle (its root names it
 parent). Timed warm: the direct `top`, the edge query, the Python walk over every parent, the
 whole `top_inclusive` by agent and by task, and the recursive CTE (`WITH RECURSIVE`, a path
 array per row to cut cycles) computing every parent task's descendants' cost, whose answer is
-checked equal to the walk's.
+checked equal to the walk's; and `top_inclusive`'s top 10 (which skips the keys that cannot
+rank) checked against every key's inclusive cost.
 """
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ def _ms(fn: Callable[[], Any]) -> tuple[float, Any]:
     return round((time.perf_counter() - t0) * 1000, 1), out
 
 
+def _top_by_brute_force(store: ChdbStore, tree: Any, by: str, now: int) -> list[str]:
+    """The 10 keys of highest inclusive cost, from every key's direct cost (no pruning)."""
+    every = q.top(store, by, "month", 100_000, None, now)
+    inclusive = {r["key"]: (r["nano_usd"] + tree.inclusive(r["key"], by).cost.nano_usd, r["tokens"]
+                            + tree.inclusive(r["key"], by).cost.tokens) for r in every}
+    return sorted(inclusive, key=lambda k: (-inclusive[k][0], -inclusive[k][1], k))[:10]
+
+
 def run(events: int, progress: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bw-bench-subagents-") as tmp:
         store = ChdbStore(Path(tmp) / "clickhouse", "bench_subagents")
@@ -105,9 +114,13 @@ def run(events: int, progress: Callable[[str], None]) -> dict[str, Any]:
                 timings["recursive_cte_every_task_ms"], cte = _ms(lambda: store.query(RECURSIVE_SQL.format(
                     db=store.database, start=window.start_ms, end=window.end_ms)))
             in_sql = {r["root"]: int(r["extra"]) for r in cte}
+            progress("checking top_inclusive's top 10 against every key's inclusive cost")
+            exact = all(_top_by_brute_force(store, tree, by, now) == [r["key"] for r in q.top_inclusive(
+                store, by, "month", 10, None, now)] for by in ("agent", "task"))
             return {"events": events, "tasks": events // EVENTS_PER_TASK, "edges": tree.edges,
                     "parent_tasks": len(by_task), "parent_agents": len(by_agent), "generate_ms": generate_ms,
                     **timings, "cte_equals_walk": in_sql == {k: v for k, v in by_task.items() if v},
+                    "top_inclusive_equals_brute_force": exact,
                     "top_inclusive_first": {k: top_agents[0][k] for k in ("key", "nano_usd", "inclusive_nano_usd")}}
         finally:
             store.close()

@@ -115,7 +115,8 @@ def bench_subagents(
     for name in ("top_agent_direct_ms", "edges_ms", "walk_every_agent_ms", "walk_every_task_ms", "top_inclusive_agent_ms",
                  "top_inclusive_task_ms", "recursive_cte_every_task_ms"):
         print(f"  {name:<30} {result[name]:>9,.1f} ms")
-    print(f"recursive CTE's answer equals the walk's: {result['cte_equals_walk']}")
+    print(f"recursive CTE's answer equals the walk's: {result['cte_equals_walk']}; top --inclusive equals "
+          f"ranking every key: {result['top_inclusive_equals_brute_force']}")
 
 
 @bench_app.command("scale")

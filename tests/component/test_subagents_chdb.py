@@ -104,6 +104,10 @@ def test_inclusive_top_keeps_a_parent_ranked_below_the_limit_by_direct_cost(stor
     # by direct cost planner (job-2's 9M tokens) and lone lead; boss has none but its helper's
     [first] = q.top_inclusive(store, "agent", "day", 1, now_ms=NOW)
     assert first["key"] == "planner"
+    # by direct cost the top three are planner, lone and fetcher; researcher (70k tokens of its own)
+    # ranks second by its descendants, and lone (4M, no sub-agents) drops to fourth
+    assert [r["key"] for r in q.top_inclusive(store, "agent", "day", 3, now_ms=NOW)] == [
+        "planner", "researcher", "fetcher"]
     by_task = {r["key"]: r for r in q.top_inclusive(store, "task", "day", 20, now_ms=NOW)}
     assert by_task["job-1"]["inclusive_nano_usd"] == nano("p1", "p2", "r1", "r2", "f1", "f2", "f3", "c1")
     assert by_task["r-1"]["inclusive_nano_usd"] == nano("r1", "r2", "f1", "f2", "f3", "c1")
